@@ -1,0 +1,1 @@
+"""Data stage: the embedded corpus, dataset readers, audio loading and features, bad-input handling."""

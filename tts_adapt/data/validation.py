@@ -1,0 +1,151 @@
+"""Checks that decide whether an utterance can be used for training or evaluation.
+
+Each problem is reported with the file's path and a reason in the user's terms;
+the :class:`~tts_adapt.data.samples.InputReport` policy decides between
+skipping (default) and stopping.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from tts_adapt.data.audio import AudioError, load_audio, rms_dbfs
+from tts_adapt.data.samples import InputReport, Utterance
+
+#: Characters an English grapheme front end accepts before phonemisation.
+ENGLISH_ALPHABET = frozenset(string.ascii_letters + string.digits + " .,;:!?'\"-()")
+
+
+@dataclass(frozen=True)
+class AudioChecks:
+    """Thresholds for :func:`check_audio`.
+
+    ``expected_sample_rate`` / ``expected_channels``: when set, a file that
+    differs is bad input (a dataset whose files should all be alike); when
+    ``None``, any rate or channel count is accepted and converted with a note.
+    """
+
+    sample_rate: int = 16000
+    expected_sample_rate: int | None = None
+    expected_channels: int | None = None
+    min_duration: float = 0.3
+    max_duration: float = 30.0
+    silence_dbfs: float = -60.0
+
+
+def check_text(utt: Utterance, report: InputReport, alphabet: frozenset[str] | None = ENGLISH_ALPHABET) -> bool:
+    """Transcript checks: present, not empty, only characters of ``alphabet``."""
+    text = utt.text.strip()
+    if not text:
+        report.bad(utt.audio_path, "transcript is empty", "empty transcript")
+        return False
+    if alphabet is not None:
+        outside = sorted(set(text) - alphabet)
+        if outside:
+            shown = " ".join(repr(c) for c in outside[:10])
+            report.bad(
+                utt.audio_path,
+                f"transcript has characters outside the model's alphabet: {shown}",
+                "characters outside alphabet",
+            )
+            return False
+    return True
+
+
+def check_audio(utt: Utterance, report: InputReport, checks: AudioChecks) -> Utterance | None:
+    """Open the audio, check it, and return the utterance with its duration filled in."""
+    path = utt.audio_path
+    if not Path(path).is_file():
+        report.bad(path, "audio file not found", "missing audio")
+        return None
+    if Path(path).stat().st_size == 0:
+        report.bad(path, "audio file is empty (0 bytes)", "empty audio")
+        return None
+    try:
+        info = sf.info(path)
+    except Exception as exc:
+        report.bad(path, f"unreadable audio ({_short(exc)})", "unreadable audio")
+        return None
+    if checks.expected_sample_rate is not None and info.samplerate != checks.expected_sample_rate:
+        report.bad(
+            path, f"sample rate is {info.samplerate} Hz, expected {checks.expected_sample_rate} Hz", "wrong sample rate"
+        )
+        return None
+    if checks.expected_channels is not None and info.channels != checks.expected_channels:
+        report.bad(path, f"has {info.channels} channels, expected {checks.expected_channels}", "wrong channel count")
+        return None
+    try:
+        wav, notes = load_audio(path, checks.sample_rate)
+    except AudioError as err:
+        report.bad(path, err.reason, "unreadable audio")
+        return None
+    for n in notes:
+        report.note(path, n, "resampled" if "resampled" in n else "down-mixed")
+    duration = len(wav) / checks.sample_rate
+    if duration < checks.min_duration:
+        report.bad(path, f"too short ({duration:.2f} s < {checks.min_duration} s)", "too short")
+        return None
+    if duration > checks.max_duration:
+        report.bad(path, f"too long ({duration:.1f} s > {checks.max_duration} s)", "too long")
+        return None
+    level = rms_dbfs(wav)
+    if level < checks.silence_dbfs or float(np.max(np.abs(wav))) < 1e-4:
+        report.bad(path, f"audio is silent (RMS {level:.1f} dBFS)", "silent")
+        return None
+    return utt.replace(duration=round(duration, 3))
+
+
+def validate(
+    utterances: Iterable[Utterance],
+    report: InputReport,
+    checks: AudioChecks = AudioChecks(),
+    alphabet: frozenset[str] | None = ENGLISH_ALPHABET,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> list[Utterance]:
+    """Return the usable utterances (durations measured); record the rest in ``report``.
+
+    With ``workers > 1`` audio is checked in parallel processes; the outcome and
+    the order are the same as with one worker.
+    """
+    utterances = [u for u in utterances if check_text(u, report, alphabet)]
+    if workers > 1 and len(utterances) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            chunks = [utterances[i::workers] for i in range(workers)]
+            futures = [pool.submit(_validate_chunk, c, report.on_bad_input, checks) for c in chunks]
+            results: dict[int, Utterance] = {}
+            for w, fut in enumerate(futures):
+                kept, sub = fut.result()
+                report.merge(sub)
+                for j, u in kept:
+                    results[w + j * workers] = u
+        return [results[i] for i in sorted(results)]
+    kept = []
+    for u in tqdm(utterances, desc="checking audio", unit="utt", disable=not progress, leave=False):
+        checked = check_audio(u, report, checks)
+        if checked is not None:
+            kept.append(checked)
+    return kept
+
+
+def _validate_chunk(chunk: list[Utterance], policy, checks: AudioChecks):
+    sub = InputReport(policy)
+    kept = []
+    for j, u in enumerate(chunk):
+        checked = check_audio(u, sub, checks)
+        if checked is not None:
+            kept.append((j, checked))
+    return kept, sub
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
