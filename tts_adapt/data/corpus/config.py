@@ -1,0 +1,51 @@
+"""Configuration of the embedded corpus (kept free of heavy imports so the CLI starts fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+SPEAKER_SETS = ("pretrain", "unseen", "target")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What to build. The same configuration always gives the same corpus."""
+
+    speakers: int = field(default=64, metadata={"help": "Number of speakers in all sets."})
+    utterances: int = field(default=60, metadata={"help": "Utterances per speaker, parallel ones included."})
+    sample_rate: int = field(default=16000, metadata={"help": "Output sampling rate, Hz."})
+    seed: int = field(default=0, metadata={"help": "Seed for speakers, prompts and assignments."})
+    prompts: int = field(default=600, metadata={"help": "Size of the prompt set the speakers draw from."})
+    parallel: int = field(default=5, metadata={"help": "Sentences read by every speaker (held out)."})
+    heldout: int = field(default=3, metadata={"help": "Further held-out utterances per speaker."})
+    unseen_speakers: int = field(default=6, metadata={"help": "Speakers never used for pretraining."})
+    target_speakers: int = field(default=3, metadata={"help": "Speakers held out for adaptation."})
+    loudness_lufs: float = field(default=-23.0, metadata={"help": "Target loudness (ITU-R BS.1770)."})
+
+    def __post_init__(self):
+        if self.speakers < 3:
+            raise ValueError(f"speakers must be at least 3 (one per speaker set), got {self.speakers}")
+        if self.target_speakers < 1 or self.unseen_speakers < 1:
+            raise ValueError("target_speakers and unseen_speakers must be at least 1")
+        if self.target_speakers + self.unseen_speakers >= self.speakers:
+            raise ValueError(
+                f"speakers ({self.speakers}) must exceed target_speakers + unseen_speakers "
+                f"({self.target_speakers} + {self.unseen_speakers}) so that some remain for pretraining"
+            )
+        if self.utterances <= self.parallel + self.heldout:
+            raise ValueError(
+                f"utterances ({self.utterances}) must exceed parallel + heldout ({self.parallel} + {self.heldout})"
+            )
+        if self.prompts < self.utterances:
+            raise ValueError(f"prompts ({self.prompts}) must be at least utterances ({self.utterances})")
+        if self.sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
+            raise ValueError(f"sample_rate {self.sample_rate} is not a standard rate")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
