@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import AudioError, load_audio, rms_dbfs
 from tts_adapt.data.samples import InputReport, Utterance
+from tts_adapt.parallel import process_pool
 
 #: Characters an English grapheme front end accepts before phonemisation.
 ENGLISH_ALPHABET = frozenset(string.ascii_letters + string.digits + " .,;:!?'\"-()")
@@ -119,7 +119,7 @@ def validate(
     """
     utterances = [u for u in utterances if check_text(u, report, alphabet)]
     if workers > 1 and len(utterances) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             chunks = [utterances[i::workers] for i in range(workers)]
             futures = [pool.submit(_validate_chunk, c, report.on_bad_input, checks) for c in chunks]
             results: dict[int, Utterance] = {}

@@ -24,7 +24,7 @@ import os
 import random
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from tts_adapt.data.corpus.config import SPEAKER_SETS, CorpusConfig
 from tts_adapt.data.corpus.prompts import generate_prompts
 from tts_adapt.data.corpus.voices import SpeakerSpec, check_synthesisers, design_speakers, render
 from tts_adapt.io import write_json_atomic, write_text_atomic
+from tts_adapt.parallel import process_pool
 
 MANIFEST_FIELDS = ("utt_id", "speaker", "speaker_set", "split", "parallel", "duration", "audio", "text")
 
@@ -183,7 +184,7 @@ def build_corpus(out: str | os.PathLike, config: CorpusConfig = CorpusConfig(), 
     batches = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
     bar = tqdm(total=len(jobs), desc="synthesising corpus", unit="utt", disable=not progress)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(_render_batch, b, config.sample_rate, config.loudness_lufs) for b in batches]
             for fut in as_completed(futures):
                 done_batch = fut.result()

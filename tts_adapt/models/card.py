@@ -1,0 +1,90 @@
+"""Model cards: what a model folder holds, how it was trained, and how well it speaks.
+
+``write_model_card(model_dir, report_dir)`` composes ``MODEL_CARD.md`` and
+``training_curve.png`` in the model folder from files that commands wrote:
+``tts_adapt.json`` and ``train_log.csv`` (``tts-adapt pretrain``) and
+``report.json`` (``tts-adapt evaluate``). Nothing in the card is typed by hand
+except the free-text ``notes``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tts_adapt.io import write_text_atomic
+
+
+def _train_log(model_dir: Path) -> list[dict]:
+    path = model_dir / "train_log.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_training_curve(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    second = "loss_spec" if rows[0].get("loss_spec") not in (None, "") else "loss_dur"
+    for key, ax in (("loss", axes[0]), (second, axes[1])):
+        ax.plot(steps, [float(r[key]) for r in rows if r.get(key) not in (None, "")], lw=0.8, label="train")
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
+    if val:
+        axes[0].plot(*zip(*val), "o-", ms=3, label="validation")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None, notes: str = "",
+                     commands: list[str] | None = None) -> Path:
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "tts_adapt.json").read_text())
+    info = meta.get("info", {})
+    pre = info.get("pretrain", {})
+    rows = _train_log(model_dir)
+    if rows:
+        plot_training_curve(rows, model_dir / "training_curve.png")
+    lines = [f"# Model card: {model_dir.name}", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    lines += ["## Model", "",
+              f"- architecture: coqui-tts `{meta['backend']}`, size preset `{info.get('size', '?')}`",
+              f"- speaker conditioning: {pre.get('conditioning', '?')}",
+              f"- audio: {meta['audio']['sample_rate']} Hz, {meta['audio']['n_mels']} mels, "
+              f"hop {meta['audio']['hop_length']}, FFT {meta['audio']['n_fft']}; vocoder: Griffin-Lim (torchaudio)",
+              "", "## Training", "",
+              f"- data: `{info.get('data', '?')}`: {info.get('speakers', '?')} speakers, "
+              f"{info.get('train_utterances', '?')} training utterances ({info.get('train_hours', '?')} h), "
+              f"{info.get('val_utterances', '?')} validation utterances",
+              f"- steps: {info.get('steps', '?')} (batch {pre.get('batch_size', '?')}, AdamW, peak lr "
+              f"{pre.get('lr', '?')}, warm-up {pre.get('warmup_steps', '?')} steps), "
+              f"{info.get('processes', 1)} process(es)",
+              f"- wall time: {float(info.get('wall_seconds', 0)) / 3600:.2f} h of training on CPU"]
+    if rows:
+        last = rows[-1]
+        val = [r for r in rows if r.get("val_loss")]
+        lines.append(f"- last logged step {last['step']}: training loss {float(last['loss']):.3f} "
+                     + (f" (spectral {float(last['loss_spec']):.3f})" if last.get("loss_spec") else "")
+                     + (f", validation loss {float(val[-1]['val_loss']):.3f}" if val else ""))
+        lines += ["", "![training curve](training_curve.png)"]
+    if report_dir is not None:
+        report = json.loads((Path(report_dir) / "report.json").read_text())
+        from tts_adapt.evaluate.report import to_markdown
+
+        lines += ["", "## Voices (held-out sentences of the embedded corpus)", "", to_markdown(report).strip()]
+    if commands:
+        lines += ["", "## Reproduce", "", "```bash", *commands, "```"]
+    path = model_dir / "MODEL_CARD.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,182 @@
+"""Training features of utterances: log-mel, frame-level F0 and token ids, cached on disk.
+
+Extraction runs once per dataset and configuration; the result is a few
+safetensors shards (``features-<fingerprint>/shard-NNNNN.safetensors``) that
+later runs load in seconds. Shards are written atomically, so an interrupted
+extraction resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from tts_adapt.data.audio import AudioConfig, AudioError, LogMel, load_audio
+from tts_adapt.data.samples import InputReport, Utterance
+from tts_adapt.io import atomic_path, write_json_atomic
+from tts_adapt.parallel import process_pool
+
+log = logging.getLogger(__name__)
+
+F0_MIN, F0_MAX = 50.0, 600.0
+SHARD_SIZE = 256
+
+
+def extract_f0(wav: np.ndarray, config: AudioConfig, num_frames: int) -> np.ndarray:
+    """F0 in Hz per mel frame ``(num_frames,)``, 0 where unvoiced (SWIPE' via pysptk)."""
+    import pysptk
+
+    f0 = pysptk.swipe(wav.astype(np.float64), fs=config.sample_rate, hopsize=config.hop_length,
+                      min=F0_MIN, max=F0_MAX, threshold=0.3, otype="f0")
+    out = np.zeros(num_frames, dtype=np.float32)
+    n = min(num_frames, len(f0))
+    out[:n] = f0[:n]
+    return out
+
+
+@dataclass
+class UtteranceFeatures:
+    """Features of one utterance: ``mel`` (frames, n_mels) natural-log mel, ``f0`` (frames,) Hz, ``tokens`` (T,)."""
+
+    utt_id: str
+    speaker: str
+    mel: torch.Tensor
+    f0: torch.Tensor
+    tokens: torch.Tensor
+    text: str
+
+
+def _features_of(utt: Utterance, config: AudioConfig, text_to_ids: Callable[[str], list[int]], log_mel: LogMel):
+    wav, _ = load_audio(utt.audio_path, config.sample_rate)
+    mel = log_mel(torch.from_numpy(wav)).T.contiguous()  # (frames, n_mels)
+    f0 = extract_f0(wav, config, mel.shape[0])
+    tokens = torch.tensor(text_to_ids(utt.text), dtype=torch.int32)
+    return mel.to(torch.float16), torch.from_numpy(f0), tokens
+
+
+def _extract_shard(utts: list[Utterance], config: AudioConfig, text_to_ids, path: Path) -> list[tuple[str, str]]:
+    """Extract and write one shard; returns (audio path, reason) of utterances that failed."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = []
+    failed = []
+    log_mel = LogMel(config)
+    for u in utts:
+        try:
+            mel, f0, tokens = _features_of(u, config, text_to_ids, log_mel)
+        except (AudioError, ValueError, RuntimeError) as err:
+            failed.append((u.audio_path, str(err)))
+            continue
+        if len(tokens) == 0:
+            failed.append((u.audio_path, "text gives no tokens"))
+            continue
+        k = len(meta)
+        tensors[f"{k}.mel"], tensors[f"{k}.f0"], tensors[f"{k}.tokens"] = mel, f0, tokens
+        meta.append({"utt_id": u.utt_id or Path(u.audio_path).stem, "speaker": u.speaker, "text": u.text})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"utterances": json.dumps(meta), "failed": json.dumps(failed)})
+    return failed
+
+
+def fingerprint(utts: Sequence[Utterance], config: AudioConfig, text_config: dict) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([config.to_dict(), text_config], sort_keys=True).encode())
+    for u in utts:
+        h.update(f"{u.audio_path}|{u.speaker}|{u.text}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def extract_features(
+    utts: Sequence[Utterance], cache_dir: str | Path, config: AudioConfig, text_to_ids: Callable[[str], list[int]],
+    text_config: dict, *, report: InputReport | None = None, workers: int = 1, progress: bool = True,
+) -> list[UtteranceFeatures]:
+    """Features of ``utts`` (in order, failures left out and reported), from the cache when present.
+
+    ``text_to_ids`` must be picklable when ``workers > 1``; ``text_config``
+    identifies the text front end in the cache fingerprint.
+    """
+    fp = fingerprint(utts, config, text_config)
+    folder = Path(cache_dir) / f"features-{fp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = [list(utts[i:i + SHARD_SIZE]) for i in range(0, len(utts), SHARD_SIZE)]
+    paths = [folder / f"shard-{i:05d}.safetensors" for i in range(len(shards))]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    if todo:
+        bar = tqdm(total=sum(len(shards[i]) for i in todo), desc="extracting features", unit="utt",
+                   disable=not progress)
+        if workers > 1 and len(todo) > 1:
+            with process_pool(workers) as pool:
+                futures = {pool.submit(_extract_shard, shards[i], config, text_to_ids, paths[i]): i for i in todo}
+                for fut in futures:
+                    fut.result()
+                    bar.update(len(shards[futures[fut]]))
+        else:
+            for i in todo:
+                _extract_shard(shards[i], config, text_to_ids, paths[i])
+                bar.update(len(shards[i]))
+        bar.close()
+        write_json_atomic(folder / "info.json", {"audio": config.to_dict(), "text": text_config,
+                                                 "utterances": len(utts)})
+    features = []
+    for p in paths:
+        features += load_shard(p, report)
+    return features
+
+
+def load_shard(path: Path, report: InputReport | None = None) -> list[UtteranceFeatures]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(path))
+    out = []
+    for k, m in enumerate(json.loads(meta["utterances"])):
+        out.append(UtteranceFeatures(m["utt_id"], m["speaker"], tensors[f"{k}.mel"].float(), tensors[f"{k}.f0"],
+                                     tensors[f"{k}.tokens"].long(), m["text"]))
+    for audio_path, reason in json.loads(meta.get("failed", "[]")):
+        if report is not None:
+            report.bad(audio_path, reason, "feature extraction failed")
+    return out
+
+
+@dataclass
+class FeatureStats:
+    """Normalisation statistics: per-channel mel mean/std ``(n_mels,)`` and voiced-F0 mean/std (Hz)."""
+
+    mel_mean: torch.Tensor
+    mel_std: torch.Tensor
+    f0_mean: float
+    f0_std: float
+
+    @classmethod
+    def compute(cls, features: Sequence[UtteranceFeatures]) -> "FeatureStats":
+        mels = torch.cat([f.mel for f in features])
+        f0 = torch.cat([f.f0 for f in features])
+        voiced = f0[f0 > 0]
+        return cls(mels.mean(0), mels.std(0).clamp_min(1e-3), float(voiced.mean()), float(voiced.std()))
+
+    def normalize_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.mel_mean) / self.mel_std
+
+    def denormalize_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        return mel * self.mel_std + self.mel_mean
+
+    def normalize_f0(self, f0: torch.Tensor) -> torch.Tensor:
+        """Voiced frames to z-scores; unvoiced frames stay 0 (coqui's FastPitch convention)."""
+        return torch.where(f0 > 0, (f0 - self.f0_mean) / self.f0_std, torch.zeros_like(f0))
+
+    def to_dict(self) -> dict:
+        return {"mel_mean": self.mel_mean.tolist(), "mel_std": self.mel_std.tolist(),
+                "f0_mean": self.f0_mean, "f0_std": self.f0_std}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureStats":
+        return cls(torch.tensor(d["mel_mean"]), torch.tensor(d["mel_std"]), float(d["f0_mean"]), float(d["f0_std"]))

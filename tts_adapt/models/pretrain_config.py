@@ -1,0 +1,34 @@
+"""Settings of a pretraining run (kept free of heavy imports so the CLI starts fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    backend: str = field(default="fastpitch", metadata={"help": "Model backend (fastpitch, glowtts)."})
+    size: str = field(default="small", metadata={"help": "Model size preset of the backend."})
+    conditioning: str = field(default="d_vector", metadata={"help": "Speaker conditioning: d_vector or id_table."})
+    steps: int = field(default=20000, metadata={"help": "Total optimizer steps."})
+    batch_size: int = field(default=16, metadata={"help": "Utterances per step (all processes together)."})
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    warmup_steps: int = field(default=1000, metadata={"help": "Linear warm-up, then inverse square-root decay."})
+    weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay."})
+    grad_clip: float = field(default=5.0, metadata={"help": "Gradient-norm clipping threshold."})
+    max_seconds: float = field(default=8.0, metadata={"help": "Leave out longer utterances."})
+    checkpoint_every: int = field(default=250, metadata={"help": "Steps between checkpoints (and validation)."})
+    log_every: int = field(default=25, metadata={"help": "Steps between log rows."})
+    val_utterances: int = field(default=64, metadata={"help": "Held-out utterances for validation loss."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation and data order."})
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.conditioning not in ("d_vector", "id_table"):
+            raise ValueError(f"conditioning must be d_vector or id_table, got {self.conditioning!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

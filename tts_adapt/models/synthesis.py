@@ -1,0 +1,90 @@
+"""Text to speech with a model folder: sentence splitting, speaker choice, vocoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tts_adapt.data.samples import InputReport, Utterance
+from tts_adapt.data.validation import AudioChecks, check_audio
+from tts_adapt.models.base import TTSBackend
+from tts_adapt.models.vocoder import GriffinLimVocoder, HifiganVocoder
+
+#: The base model shipped inside the package (pretrained on the embedded corpus).
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "base"
+PAUSE_SECONDS = 0.25
+MIN_REFERENCE_SECONDS = 1.0
+
+
+def default_model_dir() -> Path:
+    if not (DEFAULT_MODEL / "model.pth").is_file():
+        raise FileNotFoundError(f"the shipped base model is missing from {DEFAULT_MODEL}; "
+                                "pass --model DIR with a model folder")
+    return DEFAULT_MODEL
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text`` (pysbd, the splitter coqui-tts uses); empty pieces dropped."""
+    import pysbd
+
+    return [s.strip() for s in pysbd.Segmenter(language="en", clean=True).segment(text) if s.strip()]
+
+
+def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int) -> torch.Tensor:
+    """Speaker embedding ``(256,)`` from reference recordings; silent, unreadable or too short
+    references are refused with the file and the reason."""
+    from tts_adapt.evaluate.speaker import SpeakerEncoder
+
+    if not wavs:
+        raise ValueError("no reference audio given")
+    report = InputReport("error")
+    checks = AudioChecks(sample_rate=sample_rate, min_duration=MIN_REFERENCE_SECONDS)
+    for w in wavs:
+        check_audio(Utterance(str(w), "", "reference"), report, checks)
+    return torch.from_numpy(SpeakerEncoder().embed_speaker([str(w) for w in wavs])).float()
+
+
+class Synthesizer:
+    """A model folder plus a vocoder (Griffin-Lim unless a coqui HiFi-GAN folder is given)."""
+
+    def __init__(self, model: str | Path | TTSBackend | None = None, vocoder: str | Path | None = None,
+                 griffin_lim_iters: int = 32):
+        self.backend = model if isinstance(model, TTSBackend) else TTSBackend.from_pretrained(
+            model or default_model_dir())
+        self.backend.model.eval()
+        audio = self.backend.audio
+        self.vocoder = HifiganVocoder(vocoder, audio) if vocoder else GriffinLimVocoder(audio, n_iter=griffin_lim_iters)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.backend.audio.sample_rate
+
+    def mel(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
+            length_scale: float = 1.0) -> torch.Tensor:
+        """Log-mel ``(n_mels, frames)`` of all sentences of ``text`` (joined by short pauses)."""
+        sentences = split_sentences(text)
+        if not sentences:
+            raise ValueError("text is empty: nothing to synthesise")
+        pause = torch.full((self.backend.audio.n_mels, int(PAUSE_SECONDS * self.sample_rate /
+                                                           self.backend.audio.hop_length)),
+                           float(np.log(self.backend.audio.log_floor)))
+        parts = []
+        for i, s in enumerate(sentences):
+            if i:
+                parts.append(pause)
+            parts.append(self.backend.synthesize_mel(s, speaker=speaker, d_vector=d_vector,
+                                                     length_scale=length_scale))
+        return torch.cat(parts, dim=1)
+
+    def speak(self, text: str, speaker: str | None = None, speaker_wavs: Sequence[str | Path] | None = None,
+              length_scale: float = 1.0) -> np.ndarray:
+        """Waveform ``(samples,)`` float32 at :attr:`sample_rate`."""
+        d_vector = reference_d_vector(speaker_wavs, self.sample_rate) if speaker_wavs else None
+        if d_vector is None and speaker is None:
+            speaker = self.backend.speakers.names[0]
+        mel = self.mel(text, speaker=None if d_vector is not None else speaker, d_vector=d_vector,
+                       length_scale=length_scale)
+        return self.vocoder(mel).cpu().numpy().astype(np.float32)

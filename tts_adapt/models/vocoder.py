@@ -1,0 +1,84 @@
+"""From log-mel spectrogram to waveform: Griffin-Lim (torchaudio) or a coqui-tts HiFi-GAN checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchaudio
+
+from tts_adapt.data.audio import AudioConfig
+
+
+class GriffinLimVocoder:
+    """Mel → linear magnitude (least squares, torchaudio ``InverseMelScale``) → Griffin-Lim.
+
+    Works on ``(n_mels, frames)`` or batched ``(B, n_mels, frames)`` natural-log
+    mel magnitudes, on whatever device the input is on. ``power`` > 1 sharpens
+    the harmonics before phase reconstruction, the usual trick against
+    Griffin-Lim's buzz.
+    """
+
+    def __init__(self, audio: AudioConfig, n_iter: int = 32, power: float = 1.5):
+        self.audio = audio
+        self.power = power
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=audio.n_fft // 2 + 1, n_mels=audio.n_mels, sample_rate=audio.sample_rate, f_min=audio.mel_fmin,
+            f_max=audio.mel_fmax, norm="slaney", mel_scale="slaney",
+        )
+        self.griffin_lim = torchaudio.transforms.GriffinLim(
+            n_fft=audio.n_fft, n_iter=n_iter, win_length=audio.win_length, hop_length=audio.hop_length, power=1.0,
+        )
+
+    @torch.no_grad()
+    def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Waveform ``(samples,)`` or ``(B, samples)`` in [-1, 1]."""
+        device = log_mel.device
+        inv, gl = self.inverse_mel.to(device), self.griffin_lim.to(device)
+        magnitude = inv(torch.exp(log_mel.float())).clamp_min(0.0)
+        wav = gl(magnitude ** self.power)
+        peak = wav.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+        return wav * (0.9 / peak).clamp(max=10.0)  # peak at 0.9, never amplify noise more than 10x
+
+
+class HifiganVocoder:
+    """A coqui-tts HiFi-GAN checkpoint folder (``config.json`` + ``model.pth``/``best_model.pth``).
+
+    The vocoder must have been trained on the same mel features (rate, FFT, hop,
+    mels); its config is checked against the toolkit's audio config.
+    """
+
+    def __init__(self, folder: str | Path, audio: AudioConfig):
+        from TTS.config import load_config
+        from TTS.vocoder.models import setup_model
+
+        folder = Path(folder)
+        config_path = folder / "config.json"
+        ckpts = [p for p in (folder / "model.pth", folder / "best_model.pth", folder / "model_file.pth") if p.is_file()]
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder}: missing config.json of the HiFi-GAN vocoder")
+        if not ckpts:
+            raise FileNotFoundError(f"{folder}: no model.pth or best_model.pth in the HiFi-GAN vocoder folder")
+        config = load_config(str(config_path))
+        a = config.audio
+        mismatch = [f"{k}: vocoder {v} vs model {w}" for k, v, w in [
+            ("sample_rate", a.sample_rate, audio.sample_rate), ("hop_length", a.hop_length, audio.hop_length),
+            ("num_mels", a.num_mels, audio.n_mels)] if v != w]
+        if mismatch:
+            raise ValueError(f"{folder}: vocoder does not match the acoustic model ({'; '.join(mismatch)})")
+        from TTS.utils.audio import AudioProcessor
+
+        self.model = setup_model(config)
+        self.model.load_checkpoint(config, str(ckpts[0]), eval=True)
+        self.ap = AudioProcessor(**config.audio)
+        self.audio = audio
+
+    @torch.no_grad()
+    def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """Our natural-log mel magnitudes are re-expressed in the vocoder's own mel scale
+        (coqui's dB conversion and normalisation from its audio config) before inference."""
+        x = log_mel if log_mel.dim() == 3 else log_mel[None]
+        coqui_mel = torch.stack([torch.from_numpy(self.ap.normalize(self.ap._amp_to_db(torch.exp(m).numpy())))
+                                 for m in x.float().cpu()]).float()
+        wav = self.model.inference(coqui_mel).squeeze(1)
+        return wav if log_mel.dim() == 3 else wav[0]
