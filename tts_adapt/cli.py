@@ -22,16 +22,30 @@ class CommandNotAvailable(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- corpus
-def _corpus_config(args):
-    """CorpusConfig from --config (its ``corpus:`` section) with command-line flags on top."""
-    from tts_adapt.config import load_section
-    from tts_adapt.data.corpus.config import CorpusConfig
+def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per field of a config dataclass; the dataclass is the source of truth for names,
+    types, defaults and help."""
+    parser.add_argument("--config", type=Path, help="YAML file with the settings below (flags override it)")
+    for f in dataclasses.fields(config_cls):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                            help=f"{f.metadata['help']} (default: {f.default})")
 
-    values = load_section(args.config, "corpus", CorpusConfig) if args.config else {}
-    for f in dataclasses.fields(CorpusConfig):
+
+def config_from_args(args, config_cls, section: str):
+    """``config_cls`` from --config (its ``section:``) with command-line flags on top."""
+    from tts_adapt.config import load_section
+
+    values = load_section(args.config, section, config_cls) if args.config else {}
+    for f in dataclasses.fields(config_cls):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
-    return CorpusConfig(**values)
+    return config_cls(**values)
+
+
+def _corpus_config(args):
+    from tts_adapt.data.corpus.config import CorpusConfig
+
+    return config_from_args(args, CorpusConfig, "corpus")
 
 
 def cmd_corpus_build(args) -> int:
@@ -65,6 +79,71 @@ def cmd_corpus_inspect(args) -> int:
     hours = sum(u.duration or 0.0 for u in utts) / 3600
     print(f"{args.data}: {len(utts)} usable utterances from {len(speakers)} speakers, {hours:.2f} h")
     print(report.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------- pretrain
+def cmd_pretrain(args) -> int:
+    from tts_adapt.models.pretrain import PretrainConfig, pretrain
+
+    config = config_from_args(args, PretrainConfig, "pretrain")
+    backend = pretrain(args.data, args.out, config, layout=args.layout, cache_dir=args.cache_dir,
+                       workers=args.workers, progress=not args.quiet, stop_after=args.stop_after)
+    print(f"model saved in {args.out} ({backend.num_parameters() / 1e6:.2f} M parameters, "
+          f"step {backend.info.get('steps')}); training log: {Path(args.out) / 'train_log.csv'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- synthesize
+def cmd_synthesize(args) -> int:
+    from tts_adapt.data.audio import save_audio
+    from tts_adapt.models.synthesis import Synthesizer
+
+    synth = Synthesizer(args.model, vocoder=args.vocoder)
+    if args.list_speakers:
+        table = synth.backend.speakers
+        print(f"{len(table.names)} speakers ({table.kind}): " + " ".join(table.names))
+        return 0
+    if args.text is None or args.out is None:
+        raise ValueError("--text and --out are required (or --list-speakers)")
+    t0 = time.time()
+    wav = synth.speak(args.text, speaker=args.speaker, speaker_wavs=args.speaker_wav, length_scale=args.length_scale)
+    save_audio(args.out, wav, synth.sample_rate)
+    seconds = len(wav) / synth.sample_rate
+    print(f"wrote {args.out}: {seconds:.2f} s of audio in {time.time() - t0:.2f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- adapt
+def cmd_adapt(args) -> int:
+    from tts_adapt.adapt.train import AdaptConfig, adapt
+
+    config = config_from_args(args, AdaptConfig, "adapt")
+    card = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
+                 resume=args.resume, val_dir=args.val_dir, progress=not args.quiet)
+    print(f"adapter saved in {args.out}: {card['steps']} steps ({card['stopped']}), best validation loss "
+          f"{card['best_val_loss']:.4f}, {card['wall_seconds']:.0f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    from tts_adapt.evaluate.report import evaluate_base_model
+
+    if args.adapter is not None:
+        raise CommandNotAvailable("evaluating adapters is not available yet; without --adapter, "
+                                  "'tts-adapt evaluate' scores the model itself")
+    report = evaluate_base_model(args.model, args.data, args.out, per_speaker=args.per_speaker,
+                                 speaker_sets=tuple(args.sets.split(",")), max_speakers=args.max_speakers,
+                                 progress=not args.quiet)
+    print(report["markdown"])
+    if args.write_card:
+        from tts_adapt.models.card import write_model_card
+        from tts_adapt.models.synthesis import default_model_dir
+
+        card = write_model_card(args.model or default_model_dir(), args.out)
+        print(f"model card written to {card}")
+    print(f"report written to {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -119,10 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with a manifest of speakers, texts, durations and splits. Cached: re-running "
                                     "the same configuration does nothing; an interrupted build resumes.")
     b.add_argument("--out", required=True, type=Path, help="output folder")
-    b.add_argument("--config", type=Path, help="YAML file with a 'corpus:' section (flags override it)")
-    for f in dataclasses.fields(CorpusConfig):  # one flag per config field; the dataclass is the source of truth
-        b.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                       help=f"{f.metadata['help']} (default: {f.default})")
+    add_config_flags(b, CorpusConfig)
     b.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_corpus_build)
@@ -150,12 +226,74 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--workers", type=int, default=1, help="parallel processes for checking audio")
     i.set_defaults(func=cmd_corpus_inspect)
 
+    from tts_adapt.models.pretrain_config import PretrainConfig
+
+    p = sub.add_parser("pretrain", help="train the multi-speaker base model on a corpus",
+                       description="Train the multi-speaker base model on CPU. Checkpoints regularly; re-running "
+                                   "the same command resumes exactly where it stopped. Data-parallel under "
+                                   "torchrun (gloo): torchrun --nproc_per_node 2 -m tts_adapt.cli pretrain ...")
+    p.add_argument("--data", required=True, type=Path, help="dataset root (the embedded corpus or any layout)")
+    p.add_argument("--out", required=True, type=Path, help="model / run folder")
+    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
+    p.add_argument("--stop-after", type=int, default=None, help="end this sitting after N steps (resumable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p, PretrainConfig)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("synthesize", help="speak text with the base model",
+                       description="Speak text in a voice of the model (--speaker) or, zero-shot, in the voice of "
+                                   "reference recordings (--speaker-wav). Long text is split into sentences.")
+    p.add_argument("--text", help="text to speak")
+    p.add_argument("--out", type=Path, help="output WAV file")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped base model)")
+    voice = p.add_mutually_exclusive_group()
+    voice.add_argument("--speaker", help="a speaker of the model (see --list-speakers)")
+    voice.add_argument("--speaker-wav", type=Path, nargs="+", help="reference recordings of a voice (zero-shot)")
+    p.add_argument("--vocoder", type=Path, default=None,
+                   help="coqui-tts HiFi-GAN folder (default: Griffin-Lim)")
+    p.add_argument("--length-scale", type=float, default=1.0, help="speaking-rate factor, >1 slower (default: 1)")
+    p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
+    p.set_defaults(func=cmd_synthesize)
+
+    from tts_adapt.adapt.config import AdaptConfig
+
+    p = sub.add_parser("adapt", help="clone a voice: LoRA fine-tuning under a Laplace penalty",
+                       description="Fine-tune LoRA adapters of the base model on 10-50 clips of a target speaker "
+                                   "(*.wav with same-named *.txt, or metadata.csv), with loss = TTS loss + "
+                                   "(lam/2) * penalty. Held-out clips are split off for validation and early "
+                                   "stopping. --resume continues an interrupted run exactly.")
+    p.add_argument("--target-dir", required=True, type=Path, help="folder of the target speaker's clips")
+    p.add_argument("--out", required=True, type=Path, help="adapter folder")
+    p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
+    p.add_argument("--curvature", type=Path, default=None, help="curvature file (for diag, kfac, ekfac)")
+    p.add_argument("--targets", nargs="+", default=None,
+                   help="module names to adapt (default: those of the curvature file, else the backend's)")
+    p.add_argument("--val-dir", type=Path, default=None, help="held-out clips (default: split off the target's)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p, AdaptConfig)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("evaluate", help="score a model's voices: MCD-DTW and speaker similarity",
+                       description="Synthesise the held-out sentences of every speaker of the embedded corpus "
+                                   "(trained speakers by name, unseen speakers zero-shot) and compare with the "
+                                   "real recordings: MCD-DTW and speaker similarity against all other speakers.")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped base model)")
+    p.add_argument("--adapter", type=Path, default=None, help="adapter folder (not available yet)")
+    p.add_argument("--data", required=True, type=Path, help="the embedded corpus (with manifest.csv)")
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--per-speaker", type=int, default=3, help="held-out utterances per speaker (default: 3)")
+    p.add_argument("--sets", default="pretrain,unseen", help="speaker sets to score (default: pretrain,unseen)")
+    p.add_argument("--max-speakers", type=int, default=None, help="score only the first N speakers of each run")
+    p.add_argument("--write-card", action="store_true",
+                   help="also write MODEL_CARD.md (with these scores) into the model folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
     planned = {
-        "pretrain": "train the multi-speaker base model on a corpus",
-        "synthesize": "speak text with the base model or an adapter",
         "fit-curvature": "fit K-FAC / EK-FAC / diagonal Fisher curvature of the pretraining data",
-        "adapt": "clone a voice: LoRA fine-tuning under a Laplace penalty",
-        "evaluate": "measure learning (target voice) against forgetting (old voices)",
         "sweep": "run adapt + evaluate over strategies and penalty strengths",
         "demo": "start the Gradio demo",
     }

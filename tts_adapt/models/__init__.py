@@ -1,12 +1,22 @@
 """Model stage: acoustic-model backends over coqui-tts, speaker conditioning, vocoders, pretraining.
 
 Backends register by name (:data:`BACKENDS`); :meth:`TTSBackend.from_pretrained`
-loads any model folder the toolkit wrote.
+loads any model folder the toolkit wrote. Names are imported lazily, so that
+reading a configuration (e.g. :mod:`tts_adapt.models.pretrain_config`) does not
+import PyTorch and coqui-tts.
 """
 
-from tts_adapt.models.base import BACKENDS, Batch, ModelFolderError, TTSBackend, get_backend, register_backend
-from tts_adapt.models.fastpitch import FastPitchBackend
-from tts_adapt.models.glowtts import GlowTTSBackend
+import importlib
 
-__all__ = ["BACKENDS", "Batch", "ModelFolderError", "TTSBackend", "get_backend", "register_backend",
-           "FastPitchBackend", "GlowTTSBackend"]
+_EXPORTS = {
+    "BACKENDS": "base", "Batch": "base", "ModelFolderError": "base", "TTSBackend": "base",
+    "register_backend": "base", "get_backend": "base",
+    "FastPitchBackend": "fastpitch", "GlowTTSBackend": "glowtts",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,6 +50,9 @@ def register_backend(cls: type["TTSBackend"]) -> type["TTSBackend"]:
 
 
 def get_backend(name: str) -> type["TTSBackend"]:
+    import tts_adapt.models.fastpitch  # noqa: F401  built-in backends register on import
+    import tts_adapt.models.glowtts  # noqa: F401
+
     try:
         return BACKENDS[name]
     except KeyError:
