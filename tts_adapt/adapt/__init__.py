@@ -1,0 +1,22 @@
+"""Adaptation stage: peft LoRA on the base model, under a Laplace penalty against forgetting.
+
+:func:`adapt` clones a voice from a folder of clips; strategies (:data:`STRATEGIES`)
+are registered penalty classes with one interface. Names are imported lazily so
+that reading :mod:`tts_adapt.adapt.config` stays cheap.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "AdaptConfig": "config", "STRATEGY_NAMES": "config",
+    "LoraFactors": "lora", "lora_factors": "lora", "wrap_with_lora": "lora",
+    "STRATEGIES": "penalty", "Penalty": "penalty", "get_strategy": "penalty", "register_strategy": "penalty",
+    "adapt": "train",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,92 @@
+"""peft LoRA on a backend's target layers, and the low-rank factors of each update.
+
+Every adapted layer's update is ΔW = s · B A with B ``(out, r)``, A ``(r, in)`` and
+s = alpha / r (peft's scaling). For a Conv1d, ``in`` = C_in · kernel and A is the
+LoRA-A convolution's weight flattened channel-major (the order of ``F.unfold``
+patches); B is the 1×1 LoRA-B convolution. A MultiheadAttention is adapted by
+peft on its stacked q/k/v in-projection (``<name>.in_proj``, 3E × E) and on its
+out-projection (``<name>.out_proj``, E × E).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ADAPTER_NAME = "default"
+
+
+@dataclass
+class LoraFactors:
+    """The low-rank update of one layer: ΔW = scale · B @ A."""
+
+    name: str  # curvature/target name of the linear map (e.g. "decoder.x.self_attn.in_proj")
+    A: torch.Tensor  # (r, in), differentiable view of the LoRA-A weight
+    B: torch.Tensor  # (out, r)
+    scale: float
+
+    def delta(self) -> torch.Tensor:
+        """ΔW ``(out, in)`` (dense; for tests and diagnostics)."""
+        return self.scale * self.B @ self.A
+
+
+def wrap_with_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                   seed: int = 0):
+    """A peft ``PeftModel`` with LoRA on ``targets`` (module names of ``model``).
+
+    LoRA-B starts at zero (peft's default), so the wrapped model starts out
+    identical to the base model; the initialisation of LoRA-A is seeded.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, got {rank}")
+    modules = dict(model.named_modules())
+    missing = [t for t in targets if t not in modules]
+    if missing:
+        raise ValueError(f"LoRA targets not found in the model: {', '.join(missing[:5])}")
+    # peft builds a Conv1d's LoRA-A with the base layer's kernel, stride and padding but
+    # not its dilation or groups, so such layers would get an update of the wrong shape
+    unsupported = [t for t in targets if isinstance(modules[t], nn.Conv1d)
+                   and (modules[t].dilation != (1,) or modules[t].groups != 1)]
+    if unsupported:
+        raise ValueError(f"LoRA cannot adapt dilated or grouped Conv1d layers: {', '.join(unsupported[:5])}; "
+                         "leave them out of the targets")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                        init_lora_weights=True, bias="none")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+
+
+def _strip(name: str) -> str:
+    """Module name in the base model from a name inside the peft wrapper."""
+    for prefix in ("base_model.model.",):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    return name.replace(".base_layer.", ".")
+
+
+def lora_factors(peft_model: nn.Module) -> list[LoraFactors]:
+    """The (A, B, scale) of every LoRA layer, named by the linear map they update."""
+    from peft.tuners.lora import layer as lora_layer
+
+    factors = []
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, lora_layer.LoraLayer) or ADAPTER_NAME not in module.lora_A:
+            continue
+        a_mod, b_mod = module.lora_A[ADAPTER_NAME], module.lora_B[ADAPTER_NAME]
+        scale = float(module.scaling[ADAPTER_NAME])
+        A = a_mod.weight.reshape(a_mod.weight.shape[0], -1)  # (r, in) (Conv1d: (r, C_in * k))
+        B = b_mod.weight.reshape(b_mod.weight.shape[0], -1)  # (out, r)
+        base = _strip(name)
+        if isinstance(module, lora_layer.MultiheadAttention):
+            base = f"{base}.in_proj"
+        factors.append(LoraFactors(base, A, B, scale))
+    return factors
+
+
+def lora_parameters(peft_model: nn.Module) -> list[nn.Parameter]:
+    return [p for n, p in peft_model.named_parameters() if "lora_" in n and p.requires_grad]

@@ -1,0 +1,135 @@
+"""Penalties on LoRA updates: the strategies ``lora``, ``l2``, ``diag``, ``kfac``, ``ekfac``.
+
+The adaptation loss is ``L = L_tts(target) + (λ / 2) · Σ_layers P(ΔW)`` with
+
+* ``lora``:  P = 0 (the forgetting baseline);
+* ``l2``:    P = ‖ΔW‖²  (L2-SP);
+* ``diag``:  P = Σ_ij F_ij ΔW_ij²  (EWC: diagonal Fisher);
+* ``kfac``:  P = vec(ΔW)ᵀ (A_f ⊗ G_f) vec(ΔW) = s² · tr((Bᵀ G_f B)(A A_f Aᵀ)),
+  two r × r matrices, never forming ΔW;
+* ``ekfac``: P = Σ_ij S_ij ((Q_Gᵀ ΔW Q_A)_ij)², with Q_Gᵀ ΔW Q_A = s (Q_Gᵀ B)(A Q_A).
+
+The Fisher factors are expectations per pretraining utterance (see
+:mod:`tts_adapt.curvature`), so the penalty is the second-order increase of the
+pretraining loss of *one* utterance, and λ counts pretraining utterances: λ = N
+is the Laplace posterior of N utterances' worth of evidence. That reading does
+not depend on the model or on how much data the curvature was fitted on.
+``damping`` adds δ·‖ΔW‖² (a prior precision) to any curvature penalty.
+
+Strategies are small registered classes with one interface, as peft's tuners.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from tts_adapt.adapt.lora import LoraFactors
+
+STRATEGIES: dict[str, type["Penalty"]] = {}
+
+
+def register_strategy(cls: type["Penalty"]) -> type["Penalty"]:
+    if cls.name in STRATEGIES:
+        raise ValueError(f"a strategy named {cls.name!r} is already registered")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str) -> type["Penalty"]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}") from None
+
+
+def _l2(f: LoraFactors) -> torch.Tensor:
+    # ‖s B A‖² = s² tr((BᵀB)(AAᵀ))
+    return f.scale ** 2 * torch.sum((f.B.T @ f.B) * (f.A @ f.A.T))
+
+
+class Penalty(ABC):
+    """P(ΔW) summed over the adapted layers."""
+
+    name: ClassVar[str]
+    needs_curvature: ClassVar[bool] = False
+
+    def __init__(self, curvature=None, damping: float = 0.0):
+        if self.needs_curvature and curvature is None:
+            raise ValueError(f"strategy {self.name!r} needs a curvature file (--curvature)")
+        self.curvature = curvature
+        self.damping = damping
+
+    def __call__(self, factors: list[LoraFactors]) -> torch.Tensor:
+        total = factors[0].A.new_zeros(()) if factors else torch.zeros(())
+        for f in factors:
+            total = total + self.layer(f)
+            if self.damping:
+                total = total + self.damping * _l2(f)
+        return total
+
+    @abstractmethod
+    def layer(self, f: LoraFactors) -> torch.Tensor:
+        """P for one layer (a scalar)."""
+
+    def check_layers(self, factors: list[LoraFactors]) -> None:
+        """Refuse adapted layers the curvature does not cover, naming them."""
+        if self.curvature is None:
+            return
+        missing = [f.name for f in factors if f.name not in self.curvature.layers]
+        if missing:
+            raise ValueError(f"the curvature file has no statistics for {len(missing)} adapted layer(s): "
+                             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; fit it for the "
+                             "same --targets as the adaptation")
+
+
+@register_strategy
+class NoPenalty(Penalty):
+    name = "lora"
+
+    def layer(self, f):
+        return f.A.new_zeros(())
+
+
+@register_strategy
+class L2Penalty(Penalty):
+    name = "l2"
+
+    def layer(self, f):
+        return _l2(f)
+
+
+@register_strategy
+class DiagonalPenalty(Penalty):
+    name = "diag"
+    needs_curvature = True
+
+    def layer(self, f):
+        F = self.curvature.tensor(f.name, "diag").to(f.A.dtype)  # (out, in)
+        return torch.sum(F * f.delta() ** 2)
+
+
+@register_strategy
+class KFACPenalty(Penalty):
+    name = "kfac"
+    needs_curvature = True
+
+    def layer(self, f):
+        A_f = self.curvature.tensor(f.name, "A").to(f.A.dtype)  # (in, in)
+        G_f = self.curvature.tensor(f.name, "G").to(f.A.dtype)  # (out, out)
+        return f.scale ** 2 * torch.sum((f.B.T @ G_f @ f.B) * (f.A @ A_f @ f.A.T))
+
+
+@register_strategy
+class EKFACPenalty(Penalty):
+    name = "ekfac"
+    needs_curvature = True
+
+    def layer(self, f):
+        Q_A = self.curvature.tensor(f.name, "QA").to(f.A.dtype)  # (in, in) eigenvectors of A_f
+        Q_G = self.curvature.tensor(f.name, "QG").to(f.A.dtype)  # (out, out) eigenvectors of G_f
+        S = self.curvature.tensor(f.name, "S").to(f.A.dtype)  # (out, in) re-fitted eigen-scalings
+        rotated = f.scale * (Q_G.T @ f.B) @ (f.A @ Q_A)  # (out, in): ΔW in the Kronecker eigenbasis
+        return torch.sum(S * rotated ** 2)

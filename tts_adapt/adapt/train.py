@@ -1,0 +1,256 @@
+"""Clone a voice: LoRA fine-tuning of the base model on a target speaker under a Laplace penalty.
+
+Output folder::
+
+    adapter_config.json, adapter_model.safetensors   peft's adapter files (PeftModel.from_pretrained)
+    target_speaker.safetensors                      the target's conditioning (d-vector)
+    run.json                                        run card: settings, data, steps, wall time, curves, metrics
+    checkpoint/                                     resumable state while training (removed at the end)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from tts_adapt import __version__
+from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.lora import lora_factors, lora_parameters, wrap_with_lora
+from tts_adapt.adapt.penalty import get_strategy
+from tts_adapt.adapt.target import read_target_clips, split_heldout
+from tts_adapt.io import atomic_path, write_json_atomic
+from tts_adapt.models.base import TTSBackend
+from tts_adapt.models.features import extract_features
+
+log = logging.getLogger(__name__)
+TARGET_FILE = "target_speaker.safetensors"
+TARGET_NAME = "target"
+STATE_FILE = "state.pt"
+MAX_BAD_STEPS = 5
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    size = min(batch_size, n)
+    return [order[i:i + size] for i in range(0, n - size + 1, size)]
+
+
+def target_d_vector(clips, per_speaker: int = 20) -> torch.Tensor:
+    from tts_adapt.evaluate.speaker import SpeakerEncoder
+
+    return torch.from_numpy(SpeakerEncoder().embed_speaker([u.audio_path for u in clips[:per_speaker]])).float()
+
+
+def add_target_speaker(backend: TTSBackend, d_vector: torch.Tensor) -> None:
+    """Make the target a speaker of the (wrapped) backend, conditioned on its d-vector."""
+    from tts_adapt.models.speakers import SpeakerTable
+
+    table = backend.speakers
+    if table.kind != "d_vector":
+        raise ValueError("adapting a speaker-ID-table model needs a new table row; only d-vector models are "
+                         "supported by this release")
+    names = [n for n in table.names if n != TARGET_NAME] + [TARGET_NAME]
+    emb = torch.cat([table.embeddings[[table.names.index(n) for n in names[:-1]]], d_vector[None]])
+    backend.speakers = SpeakerTable("d_vector", names, emb, {**table.sets, TARGET_NAME: "target"})
+
+
+def _validation_loss(backend, feats, batch_size) -> float:
+    was = backend.model.training
+    backend.model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(feats), batch_size):
+            chunk = feats[i:i + batch_size]
+            loss, _ = backend.loss(backend.collate(chunk))
+            total += float(loss) * len(chunk)
+    backend.model.train(was)
+    return total / max(1, len(feats))
+
+
+def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = None,
+          config: AdaptConfig = AdaptConfig(), *, curvature: str | Path | None = None,
+          targets: list[str] | None = None, resume: bool = False, val_dir: str | Path | None = None,
+          cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Fine-tune LoRA on the target clips; returns the run card (also written to ``out/run.json``).
+
+    ``stop_after`` ends this call after that many steps, leaving a resumable
+    checkpoint (as an interruption would).
+    """
+    import os
+
+    from tts_adapt.models.synthesis import default_model_dir
+
+    out = Path(out)
+    t0 = time.time()
+    model_dir = Path(model) if model else default_model_dir()
+    backend = TTSBackend.from_pretrained(model_dir)
+    ckpt = out / "checkpoint"
+    if resume and not (ckpt / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{ckpt / STATE_FILE}: nothing to resume")
+    if not resume and (out / "adapter_config.json").is_file():
+        raise FileExistsError(f"{out} already holds an adapter; choose another --out (or --resume an interrupted run)")
+    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True) if resume else None
+    if state is not None and json.loads(state["config"]) != config.to_dict():
+        raise ValueError(f"{ckpt}: the interrupted run used other settings ({state['config']}); "
+                         "resume with the same ones")
+
+    clips, report = read_target_clips(target_dir, backend.audio.sample_rate)
+    if val_dir:
+        val_clips, _ = read_target_clips(val_dir, backend.audio.sample_rate, min_clips=1)
+        train_clips = clips
+    else:
+        train_clips, val_clips = split_heldout(clips, seed=config.seed)
+    for note in report.notes:
+        log.info("note: %s", note)
+
+    strategy_cls = get_strategy(config.strategy)
+    curv = None
+    if strategy_cls.needs_curvature:
+        if curvature is None:
+            raise ValueError(f"strategy {config.strategy!r} needs --curvature FILE (fit it with tts-adapt fit-curvature)")
+        from tts_adapt.curvature import load_curvature
+
+        curv = load_curvature(curvature, backend)
+    elif curvature is not None and config.strategy != "lora":
+        log.warning("strategy %s does not use the curvature file %s", config.strategy, curvature)
+    if config.strategy == "lora" and config.lam:
+        log.warning("strategy lora has no penalty; lam=%s is ignored", config.lam)
+
+    d_vec = target_d_vector(train_clips)
+    add_target_speaker(backend, d_vec)
+    cache = Path(cache_dir or os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
+    feats = extract_features(train_clips, cache, backend.audio, backend.text_to_ids, backend.text_config,
+                             report=report, progress=progress)
+    val_feats = extract_features(val_clips, cache, backend.audio, backend.text_to_ids, backend.text_config,
+                                 report=report, progress=progress)
+    for f in feats + val_feats:
+        f.speaker = TARGET_NAME
+
+    targets = targets or (curv.layer_targets() if curv is not None else backend.lora_targets())
+    for p in backend.model.parameters():
+        p.requires_grad_(False)
+    peft_model = wrap_with_lora(backend.model, targets, config.rank, config.alpha, seed=config.seed)
+    penalty = strategy_cls(curv, damping=config.damping)
+    penalty.check_layers(lora_factors(peft_model))
+    params = lora_parameters(peft_model)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+    step, epoch, position = 0, 0, 0
+    best_val, bad_validations, bad_steps = math.inf, 0, 0
+    curve: list[dict] = []
+    torch.manual_seed(config.seed)
+    best = None
+    if state is not None:
+        named = dict(peft_model.named_parameters())
+        with torch.no_grad():
+            for k, v in state["lora"].items():
+                named[k].copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        best_val, bad_validations = float(state["best_val"]), int(state["bad_validations"])
+        torch.set_rng_state(state["rng"])
+        curve = json.loads(state["curve"])
+        best = state["best"]
+    backend.model.train()
+    batches = _batches(len(feats), config.batch_size, config.seed, epoch)
+    end = config.steps if stop_after is None else min(config.steps, step + stop_after)
+    bar = tqdm(total=config.steps, initial=step, desc=f"adapting ({config.strategy})", unit="step",
+               disable=not progress)
+    stopped = "steps"
+    while step < end:
+        if position >= len(batches):
+            epoch, position = epoch + 1, 0
+            batches = _batches(len(feats), config.batch_size, config.seed, epoch)
+        batch = backend.collate([feats[i] for i in batches[position]])
+        position += 1
+        tts_loss, parts = backend.loss(batch)
+        pen = penalty(lora_factors(peft_model)) if config.lam and config.strategy != "lora" else tts_loss.new_zeros(())
+        loss = tts_loss + 0.5 * config.lam * pen
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            bad_steps += 1
+            log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", step, float(loss), bad_steps)
+            if bad_steps >= MAX_BAD_STEPS:
+                stopped = "non-finite loss"
+                break
+            continue
+        bad_steps = 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(tts=f"{float(tts_loss):.3f}", penalty=f"{float(pen):.3g}")
+        row = {"step": step, "loss": float(tts_loss), "penalty": float(pen)}
+        if step % config.val_every == 0 or step == config.steps:
+            row["val_loss"] = _validation_loss(backend, val_feats, config.batch_size)
+            if row["val_loss"] < best_val - 1e-4:
+                best_val, bad_validations = row["val_loss"], 0
+                best = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+            else:
+                bad_validations += 1
+        curve.append(row)
+        if bad_validations >= config.patience:
+            stopped = "early stopping"
+            break
+        if step % config.checkpoint_every == 0 and step < config.steps:
+            _save_checkpoint(ckpt, peft_model, optimizer, step, epoch, position, best_val, bad_validations,
+                             curve, best, config)
+    bar.close()
+    if stop_after is not None and step < config.steps and stopped == "steps":
+        _save_checkpoint(ckpt, peft_model, optimizer, step, epoch, position, best_val, bad_validations, curve, best,
+                         config)
+        return {"status": "interrupted", "step": step}
+    # keep the adapter with the best validation loss
+    if best is not None:
+        named = dict(peft_model.named_parameters())
+        with torch.no_grad():
+            for k, v in best.items():
+                named[k].copy_(v)
+    card = {
+        "tts_adapt_version": __version__, "base_model": str(model_dir), "config": config.to_dict(),
+        "curvature": str(curvature) if curvature else None, "targets": list(targets),
+        "target_dir": str(target_dir), "train_clips": len(feats), "val_clips": len(val_feats),
+        "train_seconds_of_audio": round(sum(f.mel.shape[0] for f in feats) * backend.audio.hop_length
+                                        / backend.audio.sample_rate, 1),
+        "steps": step, "stopped": stopped, "best_val_loss": best_val, "curve": curve,
+        "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
+        "trainable_parameters": sum(p.numel() for p in params),
+    }
+    save_adapter(out, peft_model, d_vec, card)
+    (ckpt / STATE_FILE).unlink(missing_ok=True)
+    if ckpt.is_dir() and not any(ckpt.iterdir()):
+        ckpt.rmdir()
+    return card
+
+
+def save_adapter(out: Path, peft_model, d_vector: torch.Tensor, card: dict) -> None:
+    """peft adapter files, the target's d-vector and the run card, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".saving"
+    peft_model.save_pretrained(str(tmp))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (tmp / name).replace(out / name)
+    tmp.rmdir()
+    with atomic_path(out / TARGET_FILE) as t:
+        save_file({"d_vector": d_vector.contiguous()}, str(t), metadata={"name": TARGET_NAME})
+    write_json_atomic(out / "run.json", card)
+
+
+def _save_checkpoint(ckpt: Path, peft_model, optimizer, step, epoch, position, best_val, bad_validations, curve,
+                     best, config) -> None:
+    """Everything needed to resume, in one file written atomically (a kill -9 leaves the previous one)."""
+    lora = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+    with atomic_path(ckpt / STATE_FILE) as t:
+        torch.save({"lora": lora, "best": best, "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+                    "position": position, "best_val": best_val, "bad_validations": bad_validations,
+                    "rng": torch.get_rng_state(), "curve": json.dumps(curve), "config": json.dumps(config.to_dict())},
+                   t)
