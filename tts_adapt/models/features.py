@@ -97,11 +97,13 @@ def fingerprint(utts: Sequence[Utterance], config: AudioConfig, text_config: dic
 def extract_features(
     utts: Sequence[Utterance], cache_dir: str | Path, config: AudioConfig, text_to_ids: Callable[[str], list[int]],
     text_config: dict, *, report: InputReport | None = None, workers: int = 1, progress: bool = True,
-) -> list[UtteranceFeatures]:
+    lazy: bool = False,
+) -> "list[UtteranceFeatures] | FeatureStore":
     """Features of ``utts`` (in order, failures left out and reported), from the cache when present.
 
     ``text_to_ids`` must be picklable when ``workers > 1``; ``text_config``
-    identifies the text front end in the cache fingerprint.
+    identifies the text front end in the cache fingerprint. ``lazy`` returns a
+    :class:`FeatureStore` that reads each utterance from disk when it is used.
     """
     fp = fingerprint(utts, config, text_config)
     folder = Path(cache_dir) / f"features-{fp}"
@@ -125,10 +127,51 @@ def extract_features(
         bar.close()
         write_json_atomic(folder / "info.json", {"audio": config.to_dict(), "text": text_config,
                                                  "utterances": len(utts)})
+    if lazy:
+        return FeatureStore(paths, report)
     features = []
     for p in paths:
         features += load_shard(p, report)
     return features
+
+
+class FeatureStore(Sequence):
+    """Features read from the shards one utterance at a time (memory independent of their number).
+
+    ``num_frames`` / ``num_tokens`` / ``utt_ids`` / ``speakers`` are known without loading a tensor.
+    """
+
+    def __init__(self, paths: Sequence[Path], report: InputReport | None = None):
+        from safetensors import safe_open
+
+        self._index: list[tuple[Path, int]] = []
+        self.utt_ids, self.speakers, self.texts, self.num_frames, self.num_tokens = [], [], [], [], []
+        for p in paths:
+            with safe_open(str(p), "pt") as fh:
+                meta = fh.metadata()
+                for k, m in enumerate(json.loads(meta["utterances"])):
+                    self._index.append((p, k))
+                    self.utt_ids.append(m["utt_id"])
+                    self.speakers.append(m["speaker"])
+                    self.texts.append(m["text"])
+                    self.num_frames.append(fh.get_slice(f"{k}.mel").get_shape()[0])
+                    self.num_tokens.append(fh.get_slice(f"{k}.tokens").get_shape()[0])
+            for audio_path, reason in json.loads(meta.get("failed", "[]")):
+                if report is not None:
+                    report.bad(audio_path, reason, "feature extraction failed")
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        from safetensors import safe_open
+
+        path, k = self._index[i]
+        with safe_open(str(path), "pt") as fh:
+            mel, f0, tokens = (fh.get_tensor(f"{k}.{name}") for name in ("mel", "f0", "tokens"))
+        return UtteranceFeatures(self.utt_ids[i], self.speakers[i], mel.float(), f0, tokens.long(), self.texts[i])
 
 
 def load_shard(path: Path, report: InputReport | None = None) -> list[UtteranceFeatures]:

@@ -63,6 +63,15 @@ class GlowTTSBackend(CoquiBackend):
         _, losses = self.model.train_step(coqui_batch, self._criterion)
         return losses["loss"], loss_parts(losses)
 
+    def position_masks(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Masks (B, T) of the time axes the layers run on: mel frames, the decoder's squeezed
+        frames (pairs of frames), and text tokens (for curvature fitting)."""
+        squeeze = self.config.num_squeeze
+        frames = batch.mel.shape[1] // squeeze
+        squeezed = torch.arange(frames)[None, :] < (batch.mel_lengths // squeeze)[:, None]
+        tokens = torch.arange(batch.tokens.shape[1])[None, :] < batch.token_lengths[:, None]
+        return batch.frame_mask, squeezed, tokens
+
     def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
         old_scale = self.model.length_scale
         self.model.length_scale = length_scale

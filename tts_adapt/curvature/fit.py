@@ -1,0 +1,448 @@
+"""Fitting the curvature of the target layers on pretraining data: K-FAC, EK-FAC or diagonal Fisher.
+
+The fit streams over the utterances in batches (memory does not grow with their number),
+records inputs and output gradients of every target layer (:mod:`tts_adapt.curvature.hooks`)
+and adds their statistics to running sums.
+
+Normalisation. For one layer with weight W (out x in), N utterances and P real positions
+(frames or tokens) of that layer, x the layer input and g the gradient w.r.t. the layer output
+at one position, and the per-utterance gradient ∇W_n = Σ_t g_nt x_ntᵀ:
+
+* A = (1/P) Σ_{n,t} x xᵀ                  (in x in; mean over positions)
+* G = (1/N) Σ_{n,t} g gᵀ                  (out x out; summed over positions, mean over utterances)
+* diag = (1/N) Σ_n (∇W_n)²                (out x in, elementwise square)
+* S = (1/N) Σ_n (Q_Gᵀ ∇W_n Q_A)²          (out x in; Q_A, Q_G the eigenvectors of A and G)
+
+The gradients are those of the sum over the batch's utterances of their losses, taken as
+B · ``backend.loss(batch)`` (B utterances in the batch). coqui's losses are means over the
+batch's frames (tokens), so this is exactly Σ_n L_n for utterances of equal length and otherwise
+weighs each utterance by its share of the batch's frames; batches are made of utterances of
+similar length (sorted by length) to keep that close.
+
+All three approximate one matrix, the per-utterance Fisher F = (1/N) Σ_n vec(∇W_n) vec(∇W_n)ᵀ
+(vec stacks columns): ``diag`` is its diagonal, ``S`` its diagonal in the K-FAC eigenbasis, and
+A ⊗ G its K-FAC ("expand") approximation, which drops the correlations between the positions of
+an utterance: F ≈ (1/N) Σ_n Σ_t (x xᵀ) ⊗ (g gᵀ) ≈ A ⊗ G, and
+vec(ΔW)ᵀ (A ⊗ G) vec(ΔW) = tr(ΔWᵀ G ΔW A). The Laplace precision of the N pretraining
+utterances is N · F: a penalty (λ/2) vec(ΔW)ᵀ F vec(ΔW) with λ = N is the Laplace posterior of
+the fit data, whatever the method. Biases are not part of the statistics.
+
+Fisher types:
+
+* ``empirical``: gradients of the model's training loss on the real targets (all its terms).
+* ``mc``: targets sampled from the model's predictive distribution. The regression outputs of a
+  FastPitch-style (coqui ``ForwardTTS``) model, i.e. the mel spectrogram and also the log
+  durations and average pitch (and energy, when the model has it) — without those the duration
+  and pitch predictors would get no curvature — are treated as Gaussians with unit variance in the
+  model's normalised space: target = prediction + ε, ε ~ N(0, 1). The loss is the training loss's
+  form for those terms, B · Σ_term α_term · masked mean (prediction − target)², with the model
+  config's weights α (``spec_loss_alpha``, ``dur_loss_alpha``, ``pitch_loss_alpha``), so that both
+  Fisher types share one scale (they agree where the model's residuals have unit variance). The
+  alignment terms have no target distribution; in FastPitch they only reach the aligner and the
+  token embedding, never a target layer. One sample per utterance, drawn from a generator seeded
+  by (seed, batch index), so a resumed or data-parallel fit, and both passes of EK-FAC, draw the
+  same samples.
+
+The model is put in eval mode (no dropout) for the fit and restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, PositionMaskError, linear_maps,
+                                       record_linear_maps)
+from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer
+from tts_adapt.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class CurvatureMethod(str, Enum):
+    KFAC = "kfac"
+    EKFAC = "ekfac"
+    DIAG = "diag"
+
+
+class FisherType(str, Enum):
+    EMPIRICAL = "empirical"
+    MC = "mc"
+
+
+#: The passes over the data of each method. EK-FAC needs the K-FAC eigenbasis before its scalings.
+PHASES = {CurvatureMethod.KFAC: ("factors",), CurvatureMethod.EKFAC: ("factors", "scalings"),
+          CurvatureMethod.DIAG: ("diag",)}
+UTTERANCES = "#utterances"  # the key of the utterance count among the sums (never a "<layer>.<kind>" key)
+STATE_META_KEY = "tts_adapt.curvature_state"
+#: Regression outputs of a ForwardTTS model sampled for the Monte Carlo Fisher: (output, axis, config weight).
+MC_TERMS = (("model_outputs", "frames", "spec_loss_alpha"), ("durations_log", "tokens", "dur_loss_alpha"),
+            ("pitch_avg", "tokens", "pitch_loss_alpha"), ("energy_avg", "tokens", "energy_loss_alpha"))
+
+
+def _option(enum_cls, value, what: str):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(e.value for e in enum_cls)}") from None
+
+
+# --------------------------------------------------------------------------- resumable state
+@dataclass
+class FitState:
+    """Progress of a fit, to continue it in a later call (also after :meth:`save` / :meth:`load`).
+
+    ``key`` says which fit it belongs to (method, Fisher type, targets, batch size, seed, model and
+    data fingerprints, process rank and count; a new ``FitState()`` takes it from the first call
+    it is passed to); ``phase`` indexes the passes of the method,
+    ``batches_seen`` counts the batches of the current pass done by the whole process group;
+    ``sums`` are this process's float64 running sums of the pass, ``results`` the finished passes
+    (normalised and summed over processes). Under torchrun every process keeps its own state.
+    """
+
+    key: dict = field(default_factory=dict)
+    phase: int = 0
+    batches_seen: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    results: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.key) and self.phase >= len(PHASES[CurvatureMethod(self.key["method"])])
+
+    def save(self, path: str | Path) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        tensors = {**{f"sums/{k}": v.contiguous() for k, v in self.sums.items()},
+                   **{f"results/{k}": v.contiguous() for k, v in self.results.items()}}
+        meta = {"key": self.key, "phase": self.phase, "batches_seen": self.batches_seen}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={STATE_META_KEY: json.dumps(meta, sort_keys=True)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FitState":
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            meta_text = (fh.metadata() or {}).get(STATE_META_KEY)
+            if meta_text is None:
+                raise ValueError(f"{path} is not a curvature fit state")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta = json.loads(meta_text)
+        return cls(meta["key"], int(meta["phase"]), int(meta["batches_seen"]),
+                   {k[len("sums/"):]: v for k, v in tensors.items() if k.startswith("sums/")},
+                   {k[len("results/"):]: v for k, v in tensors.items() if k.startswith("results/")})
+
+
+# --------------------------------------------------------------------------- the fit
+def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str = "empirical",
+                  targets: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True,
+                  state: FitState | None = None, seed: int = 0, max_batches: int | None = None) -> Curvature | None:
+    """Fit the curvature of ``targets`` (default ``backend.lora_targets()``) on ``features``
+    (:class:`~tts_adapt.models.features.UtteranceFeatures`).
+
+    ``method``: ``kfac`` | ``ekfac`` | ``diag``; ``fisher``: ``empirical`` | ``mc`` (see the module
+    doc for both and for the normalisation). ``state``: a :class:`FitState` (e.g. a new
+    ``FitState()``), updated in place after every batch; pass it back with the same arguments to
+    continue an unfinished or interrupted fit. ``max_batches`` ends this call after that many
+    batches (counted over all processes) and then returns None unless the fit is complete.
+    ``seed`` seeds the Monte Carlo samples. Under ``torch.distributed`` every process takes every
+    world-th batch and the sums are added over processes at the end of each pass, so the result
+    equals a single-process fit.
+    """
+    method = _option(CurvatureMethod, method, "curvature method")
+    fisher = _option(FisherType, fisher, "Fisher type")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not features:
+        raise ValueError("no utterances to fit the curvature on")
+    targets = list(backend.lora_targets() if targets is None else targets)
+    if not targets:
+        raise ValueError("no target layers to fit the curvature of")
+    maps = linear_maps(backend.model, targets)
+    rank, world = _dist_info()
+    plan = batch_plan(features, batch_size)
+    key = {"method": method.value, "fisher": fisher.value, "targets": targets, "batch_size": batch_size,
+           "seed": seed, "model": backend.fingerprint(targets), "data": data_fingerprint(features),
+           "rank": rank, "world": world}
+    if state is None:
+        state = FitState(key)
+    elif not state.key:  # a new state: it belongs to this fit from now on
+        state.key = key
+    elif state.key != key:
+        changed = ", ".join(f"{k} {state.key.get(k)!r} -> {v!r}" if k not in ("model", "data") else k
+                            for k, v in key.items() if state.key.get(k) != v)
+        raise ValueError(f"the fit state belongs to another fit (changed: {changed}); "
+                         "start a new state or pass the same arguments")
+    phases = PHASES[method]
+    # the backward pass only has to reach every target layer: differentiate w.r.t. their own parameters
+    # (for weight-normalised layers these are the parametrization's, not `weight`)
+    weights = list({id(p): p for t in targets for p in backend.model.get_submodule(t).parameters()}.values())
+    loss_fn = _loss_function(backend, fisher)
+    budget = max_batches
+    bar = tqdm(total=len(plan) * len(phases), initial=min(state.phase, len(phases)) * len(plan) + state.batches_seen,
+               desc=f"fitting {method.value} curvature", unit="batch", disable=not progress or rank > 0)
+    with _fitting(backend.model, weights), record_linear_maps(backend.model, targets) as recorder:
+        while not state.done:
+            phase = phases[state.phase]
+            if not state.sums:
+                state.sums = _zero_sums(maps, phase)
+            while state.batches_seen < len(plan):
+                if budget is not None and budget <= 0:
+                    bar.close()
+                    return None
+                i = state.batches_seen
+                sums = state.sums
+                if i % world == rank:
+                    batch = backend.collate([features[j] for j in plan[i]])
+                    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i), weights,
+                                          [features[j].utt_id for j in plan[i]])
+                    if calls is not None:
+                        delta = _zero_sums(maps, phase)
+                        _accumulate(delta, phase, maps, calls, len(batch), state.results)
+                        sums = {k: v + delta[k] for k, v in sums.items()}
+                # sums and count change together, so an interrupted call leaves a consistent state
+                state.sums, state.batches_seen = sums, i + 1
+                if budget is not None:
+                    budget -= 1
+                bar.update(1)
+            _all_reduce(state.sums, world)
+            state.results.update(_finish_phase(phase, method, state.sums, maps, world))
+            state.phase, state.batches_seen, state.sums = state.phase + 1, 0, {}
+    bar.close()
+    curvature = _curvature(backend, method, fisher, maps, targets, state, key, world)
+    log.info("fitted %s curvature (%s Fisher) of %d layers on %d utterances", method.value, fisher.value,
+             len(maps), curvature.num_utterances)
+    return curvature
+
+
+def batch_plan(features: Sequence, batch_size: int) -> list[list[int]]:
+    """Indices of the batches: utterances sorted by their number of frames (stable), cut into batches."""
+    frames = getattr(features, "num_frames", None) or [f.mel.shape[0] for f in features]
+    order = sorted(range(len(features)), key=lambda i: frames[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def data_fingerprint(features: Sequence) -> str:
+    h = hashlib.sha256()
+    if hasattr(features, "num_frames"):  # a FeatureStore: no tensor needs to be read
+        rows = zip(features.utt_ids, features.speakers, features.num_frames, features.num_tokens)
+    else:
+        rows = ((f.utt_id, f.speaker, f.mel.shape[0], len(f.tokens)) for f in features)
+    for utt_id, speaker, frames, tokens in rows:
+        h.update(f"{utt_id}|{speaker}|{frames}|{tokens}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- one batch
+def _loss_function(backend, fisher: FisherType) -> Callable:
+    """loss(batch, generator): the scalar whose gradients are recorded (the sum over utterances)."""
+    if fisher is FisherType.EMPIRICAL:
+        return lambda batch, generator: backend.loss(batch)[0] * len(batch)
+    from TTS.tts.models.forward_tts import ForwardTTS
+
+    if not isinstance(backend.model, ForwardTTS):
+        raise ValueError(f"the Monte Carlo Fisher needs a model whose outputs are regressions (FastPitch-style); "
+                         f"the {getattr(backend, 'name', type(backend).__name__)!r} model is not one; "
+                         "use fisher='empirical'")
+    criterion = backend.model.get_criterion()
+    return lambda batch, generator: sampled_regression_loss(backend, batch, criterion, generator) * len(batch)
+
+
+def sampled_regression_loss(backend, batch, criterion, generator: torch.Generator) -> torch.Tensor:
+    """Σ_term α_term · masked mean (prediction − (prediction + ε))², ε ~ N(0, 1): the Monte Carlo
+    Fisher's loss of one batch (mean over the batch, like the training loss)."""
+    outputs, _ = backend.model.train_step(backend.coqui_batch(batch), criterion)
+    masks = {"frames": batch.frame_mask, "tokens": token_mask(batch)}
+    loss = torch.zeros(())
+    for name, axis, alpha_name in MC_TERMS:
+        pred, alpha = outputs.get(name), float(getattr(backend.config, alpha_name, 0.0) or 0.0)
+        if pred is None or alpha == 0.0:
+            continue
+        mask = masks[axis]
+        pred = _batch_time_channels(pred, mask.shape[1])
+        m = mask[..., None].to(pred.dtype)
+        target = pred.detach() + torch.randn(pred.shape, generator=generator, dtype=pred.dtype)
+        loss = loss + alpha * (((pred - target) * m) ** 2).sum() / (m.sum() * pred.shape[-1])
+    return loss
+
+
+def _batch_time_channels(t: torch.Tensor, time: int) -> torch.Tensor:
+    """A model output (B, T), (B, T, C) or (B, C, T) as (B, T, C)."""
+    if t.dim() == 2:
+        return t.unsqueeze(-1)
+    return t if t.shape[1] == time else t.transpose(1, 2)
+
+
+def position_masks(backend, batch) -> tuple[torch.Tensor, ...]:
+    """The (B, T_i) masks of real positions of the time axes the model's layers run on: the backend's own
+    (an optional method ``position_masks(batch)``) or else the mel frames and the text tokens."""
+    own = getattr(backend, "position_masks", None)
+    return tuple(own(batch)) if own is not None else (batch.frame_mask, token_mask(batch))
+
+
+def token_mask(batch) -> torch.Tensor:
+    """(B, T_tokens) True on real tokens."""
+    return torch.arange(batch.tokens.shape[1])[None, :] < batch.token_lengths[:, None]
+
+
+def _batch_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+
+
+def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generator, weights, utt_ids: list[str]):
+    """Forward and backward of one batch; the recorded layer calls, or None when the loss is not finite."""
+    recorder.clear()
+    recorder.masks = position_masks(backend, batch)
+    try:
+        loss = loss_fn(batch, generator)
+    except PositionMaskError as err:
+        raise PositionMaskError(f"{err}. A model whose layers run on other time axes (e.g. Glow-TTS's squeezed "
+                                "frames) needs a backend method position_masks(batch) giving their masks") from None
+    if not torch.isfinite(loss):
+        log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the curvature",
+                    ", ".join(utt_ids), len(batch))
+        return None
+    if not loss.requires_grad:
+        raise ValueError("the loss does not depend on any target layer")
+    torch.autograd.grad(loss, weights, allow_unused=True)
+    unused = [name for name, calls in recorder.calls.items() if not calls]
+    if unused:
+        raise ValueError(f"target layer(s) {', '.join(unused)} were not called by the model's loss; "
+                         "leave them out of the targets")
+    return recorder.calls
+
+
+@contextlib.contextmanager
+def _fitting(model: torch.nn.Module, weights: list[torch.Tensor]):
+    """Eval mode (no dropout) and gradients for the target weights, restored afterwards."""
+    was_training = model.training
+    flags = [w.requires_grad for w in weights]
+    model.eval()
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- statistics
+def _zero_sums(maps: list[LinearMap], phase: str) -> dict[str, torch.Tensor]:
+    z = lambda *shape: torch.zeros(shape, dtype=torch.float64)  # noqa: E731
+    sums = {UTTERANCES: z()}
+    for m in maps:
+        out, inp = m.shape
+        sums[f"{m.name}.positions"] = z()
+        if phase == "factors":
+            sums[f"{m.name}.A"], sums[f"{m.name}.G"] = z(inp, inp), z(out, out)
+        else:
+            sums[f"{m.name}.{'diag' if phase == 'diag' else 'S'}"] = z(out, inp)
+    return sums
+
+
+def _accumulate(sums: dict, phase: str, maps: list[LinearMap], calls: dict[str, list[LayerCall]], num_utterances: int,
+                results: dict) -> None:
+    """Add one batch's statistics to ``sums`` (float64). A call without gradients counts as zero gradients."""
+    sums[UTTERANCES] += num_utterances
+    for m in maps:
+        layer_calls = calls[m.name]
+        sums[f"{m.name}.positions"] += sum(int(c.mask.sum()) for c in layer_calls)
+        if phase == "factors":
+            for c in layer_calls:
+                x = c.inputs[c.mask]  # (P, in): real positions only
+                sums[f"{m.name}.A"] += (x.T @ x).double()
+                if c.grads is not None:
+                    g = c.grads[c.mask]
+                    sums[f"{m.name}.G"] += (g.T @ g).double()
+            continue
+        # per-utterance gradients ∇W_n = Σ_t g_nt x_ntᵀ, summed over the layer's calls, then squared
+        per_utterance = None
+        for c in layer_calls:
+            if c.grads is None:
+                continue
+            g, x = c.grads * c.mask[..., None].to(c.grads.dtype), c.inputs
+            if phase == "scalings":  # rotate into the K-FAC eigenbasis: Q_Gᵀ ∇W_n Q_A
+                g = g @ results[f"{m.name}.QG"].to(g.dtype)
+                x = x @ results[f"{m.name}.QA"].to(x.dtype)
+            grad = torch.einsum("bto,bti->boi", g, x)
+            per_utterance = grad if per_utterance is None else per_utterance + grad
+        if per_utterance is not None:
+            sums[f"{m.name}.{'diag' if phase == 'diag' else 'S'}"] += (per_utterance ** 2).sum(0).double()
+
+
+def _all_reduce(sums: dict[str, torch.Tensor], world: int) -> None:
+    if world == 1:
+        return
+    keys = sorted(sums)
+    flat = torch.cat([sums[k].reshape(-1) for k in keys])
+    dist.all_reduce(flat)
+    offset = 0
+    for k in keys:
+        n = sums[k].numel()
+        sums[k] = flat[offset:offset + n].view_as(sums[k]).clone()
+        offset += n
+
+
+def _finish_phase(phase: str, method: CurvatureMethod, sums: dict, maps: list[LinearMap], world: int) -> dict:
+    """Normalised results of a finished pass (see the module doc)."""
+    n = max(float(sums[UTTERANCES]), 1.0)
+    out = {}
+    if phase != "scalings":
+        out[UTTERANCES] = sums[UTTERANCES].clone()
+    for m in maps:
+        if phase == "factors":
+            p = max(float(sums[f"{m.name}.positions"]), 1.0)
+            A, G = sums[f"{m.name}.A"] / p, sums[f"{m.name}.G"] / n
+            A, G = (A + A.T) / 2, (G + G.T) / 2  # exact symmetry despite rounding
+            out.update({f"{m.name}.A": A, f"{m.name}.G": G, f"{m.name}.positions": sums[f"{m.name}.positions"]})
+            if method is CurvatureMethod.EKFAC:
+                for kind, factor in (("A", A), ("G", G)):
+                    eig, Q = (t.contiguous() for t in torch.linalg.eigh(factor))
+                    if world > 1:  # one eigenbasis for all processes, whatever their LAPACK does
+                        dist.broadcast(eig, 0)
+                        dist.broadcast(Q, 0)
+                    out[f"{m.name}.eig{kind}"], out[f"{m.name}.Q{kind}"] = eig.clamp_min(0.0), Q
+        elif phase == "diag":
+            out[f"{m.name}.diag"] = sums[f"{m.name}.diag"] / n
+            out[f"{m.name}.positions"] = sums[f"{m.name}.positions"]
+        else:
+            out[f"{m.name}.S"] = sums[f"{m.name}.S"] / n
+    return out
+
+
+def _curvature(backend, method: CurvatureMethod, fisher: FisherType, maps: list[LinearMap], targets: list[str],
+               state: FitState, key: dict, world: int) -> Curvature:
+    r = state.results
+    layers = [CurvatureLayer(m.name, m.module, m.param, m.kind, m.out_features, m.in_features,
+                             int(r[f"{m.name}.positions"])) for m in maps]
+    tensors = {f"{m.name}.{kind}": r[f"{m.name}.{kind}"].to(torch.float32)
+               for m in maps for kind in TENSORS[method.value]}
+    audio = backend.audio.to_dict() if hasattr(backend, "audio") and hasattr(backend.audio, "to_dict") else {}
+    return Curvature(method=method.value, fisher=fisher.value, layers=layers, tensors=tensors,
+                     num_utterances=int(r[UTTERANCES]), fingerprint=key["model"], targets=targets,
+                     backend=getattr(backend, "name", ""), audio=audio,
+                     info={"batch_size": key["batch_size"], "seed": key["seed"], "processes": world,
+                           "data": key["data"], "mc_samples": 1 if fisher is FisherType.MC else 0})
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -1,0 +1,101 @@
+"""Fitting a curvature file for a model folder on a dataset: the ``fit-curvature`` stage.
+
+Reads the pretraining utterances (the embedded corpus's pretraining speakers and
+training split; all utterances of other layouts), takes a seeded sample of N,
+streams their cached features from disk and fits K-FAC, EK-FAC or the diagonal
+Fisher. Progress is saved every few batches next to the output
+(``<out>.state``), so an interrupted fit continues where it stopped; under
+torchrun each process keeps its own state and rank 0 writes the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+from tts_adapt.curvature.fit import FitState, fit_curvature
+from tts_adapt.curvature.storage import Curvature
+
+log = logging.getLogger(__name__)
+SAVE_EVERY_BATCHES = 10
+
+
+def condition_unknown_speakers(backend, utts: list, progress: bool = True) -> list:
+    """Make every speaker of ``utts`` speakable by ``backend`` (in memory): a d-vector model gets
+    d-vectors of speakers it has not seen (e.g. curvature data from another corpus); an ID-table
+    model cannot condition on them, so their utterances are left out with a warning."""
+    import numpy as np
+    import torch
+
+    from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
+
+    table = backend.speakers
+    unknown = sorted({u.speaker for u in utts} - set(table.names))
+    if not unknown:
+        return utts
+    if table.kind == "id_table":
+        kept = [u for u in utts if u.speaker in table.names]
+        log.warning("%d utterance(s) of %d speaker(s) the model has no ID for are left out (%s)",
+                    len(utts) - len(kept), len(unknown), ", ".join(unknown[:5]))
+        return kept
+    vectors = speaker_d_vectors([u for u in utts if u.speaker in unknown], progress=progress)
+    emb = torch.cat([table.embeddings, torch.from_numpy(np.stack([vectors[n] for n in unknown])).float()])
+    backend.speakers = SpeakerTable("d_vector", table.names + unknown, emb, table.sets)
+    return utts
+
+
+def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Path, *, method: str = "kfac",
+                       fisher: str = "empirical", targets: list[str] | None = None,
+                       num_utterances: int | None = 1000, batch_size: int = 8, seed: int = 0,
+                       layout: str = "auto", cache_dir: str | Path | None = None, workers: int = 1,
+                       progress: bool = True) -> tuple[Curvature, dict]:
+    """Fit and save; returns (curvature, timing summary)."""
+    from tts_adapt.data.readers import read_dataset
+    from tts_adapt.models.base import TTSBackend
+    from tts_adapt.models.features import extract_features
+    from tts_adapt.models.pretrain import init_distributed
+    from tts_adapt.models.synthesis import default_model_dir
+
+    out = Path(out)
+    rank, world = init_distributed()
+    backend = TTSBackend.from_pretrained(model or default_model_dir())
+    kwargs = {"speaker_sets": ["pretrain"], "splits": ["train"]} if (Path(data) / "manifest.csv").is_file() \
+        and layout in ("auto", "tts_adapt") else {}
+    utts, report = read_dataset(data, layout, workers=workers if rank == 0 else 1, progress=progress and rank == 0,
+                                **kwargs)
+    if not utts:
+        raise ValueError(f"{data}: no usable utterances to fit the curvature on\n{report.summary()}")
+    if num_utterances is not None and num_utterances < len(utts):
+        utts = sorted(random.Random(seed).sample(utts, num_utterances), key=lambda u: u.audio_path)
+    elif num_utterances is not None and num_utterances > len(utts):
+        log.warning("%s has %d usable utterances; fitting on all of them (asked for %d)", data, len(utts),
+                    num_utterances)
+    utts = condition_unknown_speakers(backend, utts, progress=progress and rank == 0)
+    cache = Path(cache_dir or os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
+    features = extract_features(utts, cache, backend.audio, backend.text_to_ids, backend.text_config, report=report,
+                                workers=workers if rank == 0 else 1, progress=progress and rank == 0, lazy=True)
+    state_path = out.with_name(out.name + (f".state{rank}" if world > 1 else ".state"))
+    state = FitState.load(state_path) if state_path.is_file() else FitState()
+    if state.key and progress and rank == 0:
+        print(f"resuming the fit from {state_path} (pass {state.phase + 1}, {state.batches_seen} batches done)")
+    t0 = time.time()
+    curvature = None
+    while curvature is None:
+        curvature = fit_curvature(backend, features, method=method, fisher=fisher, targets=targets,
+                                  batch_size=batch_size, progress=progress and rank == 0, state=state, seed=seed,
+                                  max_batches=SAVE_EVERY_BATCHES * world)
+        if curvature is None:
+            state.save(state_path)
+    seconds = time.time() - t0
+    curvature.info.update({"data": str(data), "fit_seconds": round(seconds, 1), "processes": world,
+                           "skipped": len(report.skipped)})
+    if rank == 0:
+        curvature.save(out)
+    state_path.unlink(missing_ok=True)
+    summary = {"utterances": len(features), "layers": len(curvature.layers), "seconds": round(seconds, 1),
+               "utterances_per_s": round(len(features) / max(seconds, 1e-9), 2),
+               "size_mb": round(out.stat().st_size / 1e6, 2) if rank == 0 else None}
+    return curvature, summary

@@ -1,0 +1,199 @@
+"""A fitted curvature on disk: one safetensors file with its tensors and a JSON description.
+
+Tensors, per layer ``<layer>`` (the module name, or ``<module>.in_proj`` / ``<module>.out_proj``
+for attention), the weight seen as an (out, in) matrix:
+
+=========  ==========================================================================
+method     tensors
+=========  ==========================================================================
+kfac       ``<layer>.A`` (in, in), ``<layer>.G`` (out, out)
+ekfac      as kfac, plus ``<layer>.QA`` (in, in) and ``<layer>.QG`` (out, out) (eigenvectors
+           in columns), ``<layer>.eigA`` (in,), ``<layer>.eigG`` (out,) (their eigenvalues) and
+           ``<layer>.S`` (out, in), the re-fitted scalings in that eigenbasis
+diag       ``<layer>.diag`` (out, in)
+=========  ==========================================================================
+
+Their normalisation is written down in :mod:`tts_adapt.curvature.fit` (and in the file's
+``normalization`` field). The metadata records the base model's fingerprint over the target
+modules, so that a curvature is never applied to another model. Damping / prior precision is
+not stored: it is a parameter of the penalty that uses the curvature.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from tts_adapt.io import atomic_path
+
+FORMAT_VERSION = 1
+META_KEY = "tts_adapt.curvature"
+#: The tensors of each method, per layer.
+TENSORS = {
+    "kfac": ("A", "G"),
+    "ekfac": ("A", "G", "QA", "QG", "eigA", "eigG", "S"),
+    "diag": ("diag",),
+}
+#: How the stored statistics are normalised (N utterances, P real positions of the layer, g the
+#: gradient of the sum over utterances of the per-utterance losses, per-utterance gradient
+#: ∇W_n = Σ_t g_nt x_ntᵀ).
+NORMALIZATION = {
+    "A": "sum over real positions of x xᵀ / P",
+    "G": "sum over real positions of g gᵀ / N",
+    "diag": "sum over utterances of (∇W_n)² / N",
+    "S": "sum over utterances of (QGᵀ ∇W_n QA)² / N",
+}
+
+
+class CurvatureMismatchError(ValueError):
+    """A curvature file that was fitted on another model."""
+
+
+class CurvatureFileError(ValueError):
+    """A file that is not a readable curvature file."""
+
+
+@dataclass(frozen=True)
+class CurvatureLayer:
+    """One weight matrix of the fit: ``module`` the target module, ``param`` the weight's parameter name,
+    ``kind`` linear | conv1d | attention_in | attention_out, shape (out_features, in_features),
+    ``positions`` the real positions P it saw."""
+
+    name: str
+    module: str
+    param: str
+    kind: str
+    out_features: int
+    in_features: int
+    positions: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+
+@dataclass
+class Curvature:
+    """Fitted curvature of the target layers of a base model (see the module doc for the tensors)."""
+
+    method: str
+    fisher: str
+    layers: list[CurvatureLayer]
+    tensors: dict[str, torch.Tensor]
+    num_utterances: int
+    fingerprint: str
+    targets: list[str]
+    backend: str = ""
+    audio: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in TENSORS:
+            raise ValueError(f"unknown curvature method {self.method!r}; valid: {', '.join(TENSORS)}")
+        for layer in self.layers:
+            for kind in TENSORS[self.method]:
+                key = f"{layer.name}.{kind}"
+                if key not in self.tensors:
+                    raise ValueError(f"curvature of layer {layer.name!r} lacks its {kind!r} tensor")
+                expected = _tensor_shape(kind, layer)
+                if tuple(self.tensors[key].shape) != expected:
+                    raise ValueError(f"{key} has shape {tuple(self.tensors[key].shape)}, expected {expected}")
+
+    # ------------------------------------------------------------------ access
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def layer(self, name: str) -> CurvatureLayer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"{name!r} is not a layer of this curvature; layers: {', '.join(self.layer_names)}")
+
+    def factors(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of one layer by kind, e.g. ``{"A": (in, in), "G": (out, out)}`` for kfac."""
+        self.layer(name)
+        return {kind: self.tensors[f"{name}.{kind}"] for kind in TENSORS[self.method]}
+
+    # ------------------------------------------------------------------ files
+    def metadata(self) -> dict:
+        from tts_adapt import __version__
+
+        return {
+            "format_version": FORMAT_VERSION, "method": self.method, "fisher": self.fisher,
+            "fingerprint": self.fingerprint, "targets": list(self.targets), "backend": self.backend,
+            "layers": [asdict(layer) for layer in self.layers], "num_utterances": self.num_utterances,
+            "audio": self.audio, "info": self.info, "normalization": NORMALIZATION,
+            "tts_adapt_version": __version__, "torch_version": torch.__version__,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the curvature atomically to ``path`` (safetensors, float32)."""
+        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in self.tensors.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.metadata(), sort_keys=True)})
+
+    @classmethod
+    def load(cls, path: str | Path, backend=None) -> "Curvature":
+        """Read a curvature file; with ``backend``, refuse a file fitted on another model
+        (:class:`CurvatureMismatchError`). Without a backend nothing is checked."""
+        path = Path(path)
+        if not path.is_file():
+            raise CurvatureFileError(f"curvature file not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta_text = (fh.metadata() or {}).get(META_KEY)
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as err:  # safetensors raises its own error types for foreign files
+            raise CurvatureFileError(f"{path} is not a safetensors file: {err}") from None
+        if meta_text is None:
+            raise CurvatureFileError(f"{path} is not a curvature file (no {META_KEY!r} metadata)")
+        meta = json.loads(meta_text)
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise CurvatureFileError(f"{path} was written by a newer tts_adapt "
+                                     f"({meta.get('tts_adapt_version')}); upgrade to read it")
+        curvature = cls(
+            method=meta["method"], fisher=meta["fisher"], layers=[CurvatureLayer(**d) for d in meta["layers"]],
+            tensors=tensors, num_utterances=int(meta["num_utterances"]), fingerprint=meta["fingerprint"],
+            targets=list(meta["targets"]), backend=meta.get("backend", ""), audio=meta.get("audio", {}),
+            info=meta.get("info", {}))
+        if backend is not None:
+            curvature.check_model(backend, source=str(path))
+        return curvature
+
+    def check_model(self, backend, source: str = "the curvature") -> None:
+        """Raise :class:`CurvatureMismatchError` unless ``backend`` is the model this curvature was fitted on."""
+        from tts_adapt.curvature.hooks import UnsupportedLayerError, linear_maps
+
+        modules = dict(backend.model.named_modules())
+        differences = [f"the model has no module {name!r}" for name in self.targets if name not in modules]
+        if not differences:
+            try:
+                maps = {m.name: m for m in linear_maps(backend.model, self.targets)}
+            except UnsupportedLayerError as err:
+                maps, differences = {}, [str(err)]
+            for layer in self.layers if maps else []:
+                m = maps.get(layer.name)
+                if m is None:
+                    differences.append(f"the model has no layer {layer.name!r}")
+                elif m.shape != layer.shape:
+                    differences.append(f"{layer.param} is {m.shape} in the model (as out x in), "
+                                       f"{layer.shape} in the curvature")
+        if differences:
+            shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+            raise CurvatureMismatchError(f"{source} was fitted on a model with different layers: {shown}")
+        if backend.fingerprint(self.targets) != self.fingerprint:
+            raise CurvatureMismatchError(
+                f"{source} was fitted on a model with the same layers but different weights (another checkpoint "
+                "or another model); fit the curvature again on this base model")
+
+
+def _tensor_shape(kind: str, layer: CurvatureLayer) -> tuple[int, ...]:
+    out, inp = layer.out_features, layer.in_features
+    return {"A": (inp, inp), "G": (out, out), "QA": (inp, inp), "QG": (out, out), "eigA": (inp,), "eigG": (out,),
+            "S": (out, inp), "diag": (out, inp)}[kind]
