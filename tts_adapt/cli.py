@@ -99,7 +99,7 @@ def cmd_synthesize(args) -> int:
     from tts_adapt.data.audio import save_audio
     from tts_adapt.models.synthesis import Synthesizer
 
-    synth = Synthesizer(args.model, vocoder=args.vocoder)
+    synth = Synthesizer(args.model, vocoder=args.vocoder, adapter=args.adapter)
     if args.list_speakers:
         table = synth.backend.speakers
         print(f"{len(table.names)} speakers ({table.kind}): " + " ".join(table.names))
@@ -111,6 +111,21 @@ def cmd_synthesize(args) -> int:
     save_audio(args.out, wav, synth.sample_rate)
     seconds = len(wav) / synth.sample_rate
     print(f"wrote {args.out}: {seconds:.2f} s of audio in {time.time() - t0:.2f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- fit-curvature
+def cmd_fit_curvature(args) -> int:
+    from tts_adapt.curvature.run import fit_curvature_file
+
+    curvature, summary = fit_curvature_file(
+        args.model, args.data, args.out, method=args.method, fisher=args.fisher, targets=args.targets,
+        num_utterances=args.num_utterances, batch_size=args.batch_size, seed=args.seed, layout=args.layout,
+        cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet)
+    if summary["size_mb"] is not None:
+        print(f"{curvature.method} ({curvature.fisher} Fisher) of {summary['layers']} layers on "
+              f"{summary['utterances']} utterances in {summary['seconds']:.0f} s "
+              f"({summary['utterances_per_s']:.1f} utt/s); {args.out}: {summary['size_mb']:.1f} MB")
     return 0
 
 
@@ -149,22 +164,10 @@ def cmd_evaluate(args) -> int:
 
 # ----------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args) -> int:
-    from tts_adapt.data.corpus import CorpusConfig, build_corpus
-    from tts_adapt.data.corpus.check import check_speakers
+    from tts_adapt.quickstart import QuickstartConfig, run_quickstart
 
-    workdir = Path(args.workdir)
-    t0 = time.time()
-    print(f"[1/2] building the default corpus in {workdir / 'corpus'} (cached after the first run)")
-    summary = build_corpus(workdir / "corpus", CorpusConfig(), progress=not args.quiet)
-    print(f"      {summary}")
-    print("[2/2] checking that the corpus speakers are distinct (real vs real speaker similarity)")
-    check = check_speakers(workdir / "corpus", progress=not args.quiet)
-    check.plot(workdir / "corpus" / "speaker_similarity.png")
-    print("      " + str(check).replace("\n", "\n      "))
-    print(f"\ndone in {time.time() - t0:.0f} s. Files:")
-    print(f"  corpus audio and transcripts: {workdir / 'corpus' / 'wav'}, {workdir / 'corpus' / 'txt'}")
-    print(f"  manifest (speaker, text, duration, split): {workdir / 'corpus' / 'manifest.csv'}")
-    print(f"  speaker similarity plot: {workdir / 'corpus' / 'speaker_similarity.png'}")
+    config = QuickstartConfig(lam=args.lam, steps=args.steps, clips=args.clips)
+    run_quickstart(args.workdir, config, model=args.model, progress=not args.quiet)
     return 0
 
 
@@ -242,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("synthesize", help="speak text with the base model",
+    p = sub.add_parser("synthesize", help="speak text with the base model or an adapter",
                        description="Speak text in a voice of the model (--speaker) or, zero-shot, in the voice of "
                                    "reference recordings (--speaker-wav). Long text is split into sentences.")
     p.add_argument("--text", help="text to speak")
@@ -251,11 +254,34 @@ def build_parser() -> argparse.ArgumentParser:
     voice = p.add_mutually_exclusive_group()
     voice.add_argument("--speaker", help="a speaker of the model (see --list-speakers)")
     voice.add_argument("--speaker-wav", type=Path, nargs="+", help="reference recordings of a voice (zero-shot)")
+    p.add_argument("--adapter", type=Path, default=None,
+                   help="adapter folder from tts-adapt adapt; its voice is the speaker 'target' (the default)")
     p.add_argument("--vocoder", type=Path, default=None,
                    help="coqui-tts HiFi-GAN folder (default: Griffin-Lim)")
     p.add_argument("--length-scale", type=float, default=1.0, help="speaking-rate factor, >1 slower (default: 1)")
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("fit-curvature", help="fit K-FAC / EK-FAC / diagonal Fisher of the pretraining data",
+                       description="Fit the curvature of the layers LoRA adapts on N pretraining utterances "
+                                   "(streamed from disk; memory does not grow with N) and save it as safetensors "
+                                   "with a fingerprint of the model. Interrupted fits resume. Data-parallel under "
+                                   "torchrun: torchrun --nproc_per_node 2 -m tts_adapt.cli fit-curvature ...")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped base model)")
+    p.add_argument("--data", required=True, type=Path, help="pretraining data (the embedded corpus or any layout)")
+    p.add_argument("--method", choices=["kfac", "ekfac", "diag"], default="kfac", help="curvature (default: kfac)")
+    p.add_argument("--out", required=True, type=Path, help="curvature file to write (.safetensors)")
+    p.add_argument("--targets", nargs="+", default=None, help="module names (default: the backend's LoRA targets)")
+    p.add_argument("--fisher", choices=["empirical", "mc"], default="empirical",
+                   help="gradients from real targets or from targets sampled from the model (default: empirical)")
+    p.add_argument("--num-utterances", type=int, default=1000, help="utterances to fit on (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the utterance sample and MC targets")
+    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit_curvature)
 
     from tts_adapt.adapt.config import AdaptConfig
 
@@ -293,7 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     planned = {
-        "fit-curvature": "fit K-FAC / EK-FAC / diagonal Fisher curvature of the pretraining data",
         "sweep": "run adapt + evaluate over strategies and penalty strengths",
         "demo": "start the Gradio demo",
     }
@@ -303,9 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"tts_adapt {__version__}.")
         p.set_defaults(func=not_available(name))
 
+    from tts_adapt.quickstart import QuickstartConfig
+
     q = sub.add_parser("quickstart", help="run the main job on the embedded default",
-                       description="Build (or reuse) the default corpus in WORKDIR/corpus, check that its "
-                                   "speakers are distinct, and say where everything is.")
+                       description="Build (or reuse) the default corpus, fit (or reuse) K-FAC of the shipped base "
+                                   "model, clone a held-out voice from about 20 clips with plain LoRA and with "
+                                   "LoRA + K-FAC, and compare target similarity and the forgetting of old "
+                                   "voices. Every stage's result is reused on the next run.")
+    q.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
+    q.add_argument("--lam", type=float, default=QuickstartConfig.lam,
+                   help=f"penalty strength of LoRA + K-FAC (default: {QuickstartConfig.lam:g})")
+    q.add_argument("--steps", type=int, default=QuickstartConfig.steps,
+                   help=f"adaptation steps (default: {QuickstartConfig.steps})")
+    q.add_argument("--clips", type=int, default=QuickstartConfig.clips,
+                   help=f"target clips to adapt on (default: {QuickstartConfig.clips})")
     q.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"where corpora and runs are kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

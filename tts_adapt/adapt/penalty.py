@@ -78,7 +78,7 @@ class Penalty(ABC):
         """Refuse adapted layers the curvature does not cover, naming them."""
         if self.curvature is None:
             return
-        missing = [f.name for f in factors if f.name not in self.curvature.layers]
+        missing = [f.name for f in factors if f.name not in self.curvature.layer_names]
         if missing:
             raise ValueError(f"the curvature file has no statistics for {len(missing)} adapted layer(s): "
                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; fit it for the "
@@ -107,7 +107,7 @@ class DiagonalPenalty(Penalty):
     needs_curvature = True
 
     def layer(self, f):
-        F = self.curvature.tensor(f.name, "diag").to(f.A.dtype)  # (out, in)
+        F = self.curvature.factors(f.name)["diag"].to(f.A.dtype)  # (out, in)
         return torch.sum(F * f.delta() ** 2)
 
 
@@ -117,8 +117,8 @@ class KFACPenalty(Penalty):
     needs_curvature = True
 
     def layer(self, f):
-        A_f = self.curvature.tensor(f.name, "A").to(f.A.dtype)  # (in, in)
-        G_f = self.curvature.tensor(f.name, "G").to(f.A.dtype)  # (out, out)
+        A_f = self.curvature.factors(f.name)["A"].to(f.A.dtype)  # (in, in)
+        G_f = self.curvature.factors(f.name)["G"].to(f.A.dtype)  # (out, out)
         return f.scale ** 2 * torch.sum((f.B.T @ G_f @ f.B) * (f.A @ A_f @ f.A.T))
 
 
@@ -128,8 +128,8 @@ class EKFACPenalty(Penalty):
     needs_curvature = True
 
     def layer(self, f):
-        Q_A = self.curvature.tensor(f.name, "QA").to(f.A.dtype)  # (in, in) eigenvectors of A_f
-        Q_G = self.curvature.tensor(f.name, "QG").to(f.A.dtype)  # (out, out) eigenvectors of G_f
-        S = self.curvature.tensor(f.name, "S").to(f.A.dtype)  # (out, in) re-fitted eigen-scalings
+        Q_A = self.curvature.factors(f.name)["QA"].to(f.A.dtype)  # (in, in) eigenvectors of A_f
+        Q_G = self.curvature.factors(f.name)["QG"].to(f.A.dtype)  # (out, out) eigenvectors of G_f
+        S = self.curvature.factors(f.name)["S"].to(f.A.dtype)  # (out, in) re-fitted eigen-scalings
         rotated = f.scale * (Q_G.T @ f.B) @ (f.A @ Q_A)  # (out, in): ΔW in the Kronecker eigenbasis
         return torch.sum(S * rotated ** 2)

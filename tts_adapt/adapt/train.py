@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -116,9 +117,9 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     if strategy_cls.needs_curvature:
         if curvature is None:
             raise ValueError(f"strategy {config.strategy!r} needs --curvature FILE (fit it with tts-adapt fit-curvature)")
-        from tts_adapt.curvature import load_curvature
+        from tts_adapt.curvature import Curvature
 
-        curv = load_curvature(curvature, backend)
+        curv = Curvature.load(curvature, backend)
     elif curvature is not None and config.strategy != "lora":
         log.warning("strategy %s does not use the curvature file %s", config.strategy, curvature)
     if config.strategy == "lora" and config.lam:
@@ -134,7 +135,7 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     for f in feats + val_feats:
         f.speaker = TARGET_NAME
 
-    targets = targets or (curv.layer_targets() if curv is not None else backend.lora_targets())
+    targets = targets or (list(curv.targets) if curv is not None else backend.lora_targets())
     for p in backend.model.parameters():
         p.requires_grad_(False)
     peft_model = wrap_with_lora(backend.model, targets, config.rank, config.alpha, seed=config.seed)
@@ -188,8 +189,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         optimizer.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(tts=f"{float(tts_loss):.3f}", penalty=f"{float(pen):.3g}")
-        row = {"step": step, "loss": float(tts_loss), "penalty": float(pen)}
+        row = {"step": step, "loss": float(tts_loss.detach()), "penalty": float(pen.detach())}
+        bar.set_postfix(tts=f"{row['loss']:.3f}", penalty=f"{row['penalty']:.3g}")
         if step % config.val_every == 0 or step == config.steps:
             row["val_loss"] = _validation_loss(backend, val_feats, config.batch_size)
             if row["val_loss"] < best_val - 1e-4:
@@ -237,9 +238,9 @@ def save_adapter(out: Path, peft_model, d_vector: torch.Tensor, card: dict) -> N
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".saving"
     peft_model.save_pretrained(str(tmp))
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
+    for name in ("adapter_config.json", "adapter_model.safetensors"):  # os.replace: atomic per file
         (tmp / name).replace(out / name)
-    tmp.rmdir()
+    shutil.rmtree(tmp)  # peft also writes a template README.md; the run card is run.json
     with atomic_path(out / TARGET_FILE) as t:
         save_file({"d_vector": d_vector.contiguous()}, str(t), metadata={"name": TARGET_NAME})
     write_json_atomic(out / "run.json", card)
@@ -254,3 +255,21 @@ def _save_checkpoint(ckpt: Path, peft_model, optimizer, step, epoch, position, b
                     "position": position, "best_val": best_val, "bad_validations": bad_validations,
                     "rng": torch.get_rng_state(), "curve": json.dumps(curve), "config": json.dumps(config.to_dict())},
                    t)
+
+
+def load_adapter(backend: TTSBackend, adapter_dir: str | Path) -> TTSBackend:
+    """Put a saved adapter on ``backend`` (in place): its LoRA weights via peft's
+    ``PeftModel.from_pretrained`` and its target speaker (named ``target``)."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    for name in ("adapter_config.json", "adapter_model.safetensors", TARGET_FILE):
+        if not (adapter_dir / name).is_file():
+            raise FileNotFoundError(f"{adapter_dir}: missing {name} (not an adapter folder written by tts-adapt adapt)")
+    with safe_open(str(adapter_dir / TARGET_FILE), "pt") as fh:
+        d_vector = fh.get_tensor("d_vector")
+    add_target_speaker(backend, d_vector)
+    PeftModel.from_pretrained(backend.model, str(adapter_dir), adapter_name="default", is_trainable=False)
+    backend.model.eval()
+    return backend

@@ -51,9 +51,13 @@ class Synthesizer:
     """A model folder plus a vocoder (Griffin-Lim unless a coqui HiFi-GAN folder is given)."""
 
     def __init__(self, model: str | Path | TTSBackend | None = None, vocoder: str | Path | None = None,
-                 griffin_lim_iters: int = 32):
+                 griffin_lim_iters: int = 32, adapter: str | Path | None = None):
         self.backend = model if isinstance(model, TTSBackend) else TTSBackend.from_pretrained(
             model or default_model_dir())
+        if adapter is not None:
+            from tts_adapt.adapt.train import load_adapter
+
+            load_adapter(self.backend, adapter)
         self.backend.model.eval()
         audio = self.backend.audio
         self.vocoder = HifiganVocoder(vocoder, audio) if vocoder else GriffinLimVocoder(audio, n_iter=griffin_lim_iters)
@@ -83,8 +87,9 @@ class Synthesizer:
               length_scale: float = 1.0) -> np.ndarray:
         """Waveform ``(samples,)`` float32 at :attr:`sample_rate`."""
         d_vector = reference_d_vector(speaker_wavs, self.sample_rate) if speaker_wavs else None
-        if d_vector is None and speaker is None:
-            speaker = self.backend.speakers.names[0]
+        if d_vector is None and speaker is None:  # an adapter's own voice, else the first speaker
+            names = self.backend.speakers.names
+            speaker = "target" if "target" in names else names[0]
         mel = self.mel(text, speaker=None if d_vector is not None else speaker, d_vector=d_vector,
                        length_scale=length_scale)
         return self.vocoder(mel).cpu().numpy().astype(np.float32)
