@@ -5,7 +5,7 @@ are registered penalty classes with one interface. Names are imported lazily so
 that reading :mod:`tts_adapt.adapt.config` stays cheap.
 """
 
-import importlib
+from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
     "AdaptConfig": "config", "STRATEGY_NAMES": "config",
@@ -15,8 +15,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -27,22 +27,11 @@ from typing import ClassVar
 import torch
 
 from tts_adapt.adapt.lora import LoraFactors
+from tts_adapt.registry import Registry
 
-STRATEGIES: dict[str, type["Penalty"]] = {}
-
-
-def register_strategy(cls: type["Penalty"]) -> type["Penalty"]:
-    if cls.name in STRATEGIES:
-        raise ValueError(f"a strategy named {cls.name!r} is already registered")
-    STRATEGIES[cls.name] = cls
-    return cls
-
-
-def get_strategy(name: str) -> type["Penalty"]:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}") from None
+STRATEGIES: Registry[type["Penalty"]] = Registry("strategy")
+register_strategy = STRATEGIES.register
+get_strategy = STRATEGIES.get_class
 
 
 def _l2(f: LoraFactors) -> torch.Tensor:

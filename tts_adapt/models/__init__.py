@@ -6,7 +6,7 @@ reading a configuration (e.g. :mod:`tts_adapt.models.pretrain_config`) does not
 import PyTorch and coqui-tts.
 """
 
-import importlib
+from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
     "BACKENDS": "base", "Batch": "base", "ModelFolderError": "base", "TTSBackend": "base",
@@ -15,8 +15,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -31,8 +31,9 @@ from tts_adapt.data.audio import AudioConfig
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.features import FeatureStats, UtteranceFeatures
 from tts_adapt.models.speakers import SPEAKERS_FILE, SpeakerTable
+from tts_adapt.registry import Registry
 
-BACKENDS: dict[str, type["TTSBackend"]] = {}
+BACKENDS: Registry[type["TTSBackend"]] = Registry("model backend")
 META_FILE = "tts_adapt.json"
 CHECKPOINT_FILE = "model.pth"
 CONFIG_FILE = "config.json"
@@ -42,21 +43,14 @@ class ModelFolderError(ValueError):
     """A model folder that is missing a file or holds files that do not belong together."""
 
 
-def register_backend(cls: type["TTSBackend"]) -> type["TTSBackend"]:
-    if cls.name in BACKENDS:
-        raise ValueError(f"a model backend named {cls.name!r} is already registered")
-    BACKENDS[cls.name] = cls
-    return cls
+register_backend = BACKENDS.register
 
 
 def get_backend(name: str) -> type["TTSBackend"]:
     import tts_adapt.models.fastpitch  # noqa: F401  built-in backends register on import
     import tts_adapt.models.glowtts  # noqa: F401
 
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown model backend {name!r}; valid: {', '.join(sorted(BACKENDS))}") from None
+    return BACKENDS.get_class(name)
 
 
 @dataclass

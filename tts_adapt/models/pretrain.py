@@ -302,9 +302,12 @@ def _checkpoint(backend, optimizer, scheduler, out: Path, step, epoch, position,
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                     "epoch": epoch, "position": position, "rng_torch": rng, "wall_seconds": wall_seconds}, tmp)
     path = out / "train_log.csv"
-    new = not path.is_file()
+    fields = list(LOG_FIELDS)
+    if path.is_file():  # keep the columns of the existing log (a run may span versions)
+        with open(path, newline="", encoding="utf-8") as fh:
+            fields = next(csv.reader(fh), fields)
     with open(path, "a", newline="", encoding="utf-8") as fh:  # append-only: a crash loses at most these rows
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        if new:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if fh.tell() == 0:
             writer.writeheader()
         writer.writerows(log_rows)

@@ -6,7 +6,7 @@ Public API (imported lazily so that reading the configuration stays cheap):
 :func:`check_speakers`.
 """
 
-import importlib
+from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
     "CorpusConfig": "config", "SPEAKER_SETS": "config",
@@ -17,8 +17,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
