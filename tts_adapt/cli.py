@@ -135,7 +135,7 @@ def cmd_adapt(args) -> int:
 
     config = config_from_args(args, AdaptConfig, "adapt")
     card = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
-                 resume=args.resume, val_dir=args.val_dir, progress=not args.quiet)
+                 resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet)
     print(f"adapter saved in {args.out}: {card['steps']} steps ({card['stopped']}), best validation loss "
           f"{card['best_val_loss']:.4f}, {card['wall_seconds']:.0f} s")
     return 0
@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module names to adapt (default: those of the curvature file, else the backend's)")
     p.add_argument("--val-dir", type=Path, default=None, help="held-out clips (default: split off the target's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_config_flags(p, AdaptConfig)
     p.set_defaults(func=cmd_adapt)

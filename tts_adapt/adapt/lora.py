@@ -58,7 +58,51 @@ def wrap_with_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: f
                         init_lora_weights=True, bias="none")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+        peft_model = get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+    exact_attention_forward(peft_model)
+    return peft_model
+
+
+def exact_attention_forward(model: nn.Module) -> None:
+    """Give every peft LoRA ``MultiheadAttention`` in ``model`` a forward that computes W + ΔW exactly.
+
+    peft's own forward (0.21) merges the update into the base weights and subtracts it
+    again on every call; it adds out_proj's update twice (W_out + 2 ΔW_out, see
+    huggingface/peft#3774), and the base weights drift by rounding with every call, so
+    neither the penalty's ΔW nor an exact resume held. This forward puts W + ΔW in place
+    of each weight for the call and then the original parameters back.
+    """
+    import types
+
+    from peft.tuners.lora import layer as lora_layer
+
+    for module in model.modules():
+        if isinstance(module, lora_layer.MultiheadAttention):
+            module.forward = types.MethodType(_attention_forward, module)
+
+
+def _attention_forward(self, query: torch.Tensor, *args, **kwargs):
+    from peft.tuners.lora import layer as lora_layer
+
+    active = [a for a in self.active_adapters if a in self.lora_A]
+    if self.disable_adapters or self.merged or not active:
+        return lora_layer.MultiheadAttention.forward(self, query, *args, **kwargs)
+    self._check_forward_args(query, *args, **kwargs)
+    base = self.get_base_layer()
+    out_wrapper = base.out_proj  # peft's LoRA Linear around out_proj (MultiheadAttention reads only its .weight)
+    out_linear = out_wrapper.get_base_layer()
+    w_in, w_out = base.in_proj_weight, out_linear.weight
+    d_in = sum(self.get_delta_weight(a).to(w_in.dtype) for a in active)
+    d_out = sum(out_wrapper.get_delta_weight(a).to(w_out.dtype) for a in active if a in out_wrapper.lora_A)
+    del base.in_proj_weight, out_linear.weight
+    base.in_proj_weight, out_linear.weight = w_in + d_in, w_out + d_out  # plain tensors, differentiable in ΔW
+    try:
+        result = base(query, *args, **kwargs)
+    finally:
+        del base.in_proj_weight, out_linear.weight
+        base.register_parameter("in_proj_weight", w_in)
+        out_linear.register_parameter("weight", w_out)
+    return result[0].to(query.dtype), (result[1].to(query.dtype) if result[1] is not None else None)
 
 
 def _strip(name: str) -> str:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt import __version__
 from tts_adapt.adapt.config import AdaptConfig
-from tts_adapt.adapt.lora import lora_factors, lora_parameters, wrap_with_lora
+from tts_adapt.adapt.lora import exact_attention_forward, lora_factors, lora_parameters, wrap_with_lora
 from tts_adapt.adapt.penalty import get_strategy
 from tts_adapt.adapt.target import read_target_clips, split_heldout
 from tts_adapt.io import atomic_path, write_json_atomic
@@ -227,9 +227,7 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         "trainable_parameters": sum(p.numel() for p in params),
     }
     save_adapter(out, peft_model, d_vec, card)
-    (ckpt / STATE_FILE).unlink(missing_ok=True)
-    if ckpt.is_dir() and not any(ckpt.iterdir()):
-        ckpt.rmdir()
+    shutil.rmtree(ckpt, ignore_errors=True)  # also temp files a killed run left behind
     return card
 
 
@@ -270,6 +268,7 @@ def load_adapter(backend: TTSBackend, adapter_dir: str | Path) -> TTSBackend:
     with safe_open(str(adapter_dir / TARGET_FILE), "pt") as fh:
         d_vector = fh.get_tensor("d_vector")
     add_target_speaker(backend, d_vector)
-    PeftModel.from_pretrained(backend.model, str(adapter_dir), adapter_name="default", is_trainable=False)
+    peft_model = PeftModel.from_pretrained(backend.model, str(adapter_dir), adapter_name="default", is_trainable=False)
+    exact_attention_forward(peft_model)  # peft's own attention forward adds out_proj's update twice
     backend.model.eval()
     return backend
