@@ -502,3 +502,25 @@ def test_distributed_fit_equals_single_process_fit(tmp_path):
             if key.endswith((".QA", ".QG")):  # eigenvectors are defined up to sign: compare the spectra they give
                 continue
             close(parallel.tensors[key], value, rtol=1e-5, atol=1e-8)
+
+
+def test_symmetric_factors_are_stored_as_one_triangle(tmp_path):
+    """A and G go to disk as their upper triangle: about half the bytes, read back exactly."""
+    from safetensors import safe_open
+
+    from tts_adapt.curvature.storage import Curvature, CurvatureLayer
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 40, generator=g), torch.randn(30, 30, generator=g)
+    A, G = a @ a.T, b @ b.T
+    layer = CurvatureLayer(name="lin", module="lin", param="lin.weight", kind="linear", out_features=30,
+                           in_features=40, positions=1)
+    curv = Curvature(method="kfac", fisher="empirical", layers=[layer], tensors={"lin.A": A, "lin.G": G},
+                     num_utterances=1, fingerprint="x", targets=["lin"])
+    path = tmp_path / "k.safetensors"
+    curv.save(path)
+    with safe_open(str(path), "pt") as fh:
+        stored = sum(fh.get_tensor(k).numel() for k in fh.keys())
+    assert stored == 40 * 41 // 2 + 30 * 31 // 2
+    loaded = Curvature.load(path)
+    assert torch.equal(loaded.factors("lin")["A"], A) and torch.equal(loaded.factors("lin")["G"], G)

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from tts_adapt.io import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: symmetric factors stored as their upper triangle
 META_KEY = "tts_adapt.curvature"
 #: The tensors of each method, per layer.
 TENSORS = {
@@ -39,6 +39,24 @@ TENSORS = {
     "ekfac": ("A", "G", "QA", "QG", "eigA", "eigG", "S"),
     "diag": ("diag",),
 }
+#: Symmetric factors: only the upper triangle goes to disk (half the bytes).
+SYMMETRIC = ("A", "G")
+PACKED = ".triu"
+
+
+def pack_symmetric(m: torch.Tensor) -> torch.Tensor:
+    """Upper triangle (with diagonal) of a symmetric (n, n) matrix, row by row: (n (n + 1) / 2,)."""
+    i, j = torch.triu_indices(m.shape[0], m.shape[0])
+    return m[i, j]
+
+
+def unpack_symmetric(packed: torch.Tensor) -> torch.Tensor:
+    n = int(round(((8 * packed.numel() + 1) ** 0.5 - 1) / 2))
+    i, j = torch.triu_indices(n, n)
+    m = packed.new_zeros(n, n)
+    m[i, j] = packed
+    m[j, i] = packed
+    return m
 #: How the stored statistics are normalised (N utterances, P real positions of the layer, g the
 #: gradient of the sum over utterances of the per-utterance losses, per-utterance gradient
 #: ∇W_n = Σ_t g_nt x_ntᵀ).
@@ -134,7 +152,12 @@ class Curvature:
 
     def save(self, path: str | Path) -> None:
         """Write the curvature atomically to ``path`` (safetensors, float32)."""
-        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in self.tensors.items()}
+        tensors = {}
+        for k, v in self.tensors.items():
+            v = v.detach().to(torch.float32)
+            if k.rsplit(".", 1)[-1] in SYMMETRIC:
+                k, v = k + PACKED, pack_symmetric(v)
+            tensors[k] = v.contiguous()
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.metadata(), sort_keys=True)})
 
@@ -149,6 +172,8 @@ class Curvature:
             with safe_open(str(path), "pt") as fh:
                 meta_text = (fh.metadata() or {}).get(META_KEY)
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {(k[: -len(PACKED)] if k.endswith(PACKED) else k):
+                       (unpack_symmetric(v) if k.endswith(PACKED) else v) for k, v in tensors.items()}
         except Exception as err:  # safetensors raises its own error types for foreign files
             raise CurvatureFileError(f"{path} is not a safetensors file: {err}") from None
         if meta_text is None:

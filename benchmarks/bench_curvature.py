@@ -1,0 +1,224 @@
+"""Cost of fitting the curvature, side by side with the plain gradient and with curvlinops, in one run.
+
+    python benchmarks/bench_curvature.py --model DIR --corpus DIR [--utterances 64] [--batch-size 8]
+
+Data: the first N pretraining utterances (speaker set "pretrain", split "train") of the embedded
+corpus, their features from the cache (``$TTS_ADAPT_CACHE`` or ``~/.cache/tts_adapt``; extracted
+once), held in memory. Every measurement goes over the same batches, those of
+:func:`tts_adapt.curvature.fit.batch_plan` (utterances sorted by length), in eval mode, after one
+untimed warm-up batch. Measured:
+
+(a) plain: collate + ``B * backend.loss(batch)`` + ``torch.autograd.grad`` w.r.t. the parameters of the
+    default target layers (``backend.lora_targets()``), i.e. exactly the forward and backward pass the
+    fit needs, without recording anything;
+(b) ``fit_curvature(method="kfac")`` on the same targets and batches, and its ratio to (a)
+    (goal <= 1.3: K-FAC costs at most 30 % over the gradient it is made from);
+(c) the same for ``ekfac`` (two passes over the data, so about 2x (a) at best) and ``diag``;
+(d) against curvlinops' ``KFACLinearOperator`` (empirical Fisher, KFAC-expand) on the same model, the
+    same batches and the same layers. curvlinops only treats ``nn.Linear`` (and ``Conv2d``) modules and
+    only MSE / cross-entropy / BCE losses of a model output, so it is given the target layers that are
+    ``nn.Linear`` (for FastPitch that is ``proj_g``, the d-vector projection: attention projections are
+    not called as modules and the convolutions are Conv1d), and a small ``nn.Module`` wrapper whose
+    "output" for a batch is sqrt(B * backend.loss(batch)) with target 0 under ``MSELoss(reduction="sum")``:
+    its loss is B * backend.loss(batch), the very scalar our fit differentiates, so both see the same
+    gradients. Timed: our ``fit_curvature(targets=<those layers>)`` against building the operator plus
+    ``compute_kronecker_factors()``, alternately ``--repeats`` times each (the fastest of each counts); the
+    ratio ours / curvlinops (goal <= 1: not slower). The factors are
+    checked to agree (A equal up to padding positions, which curvlinops counts and we do not; curvlinops'
+    G = N x ours). Both run the whole model's forward and backward, so this compares the overhead of the
+    statistics on top of the same passes.
+(e) the size of the saved curvature file (safetensors, float32) over the bytes of the adapted layers'
+    weight matrices (float32, biases not counted), for kfac (goal <= 2), ekfac and diag.
+
+Timings are wall-clock (perf_counter). Run with OMP_NUM_THREADS set when other jobs share the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tts_adapt.curvature import fit_curvature, linear_maps
+from tts_adapt.curvature.fit import _fitting, batch_plan
+
+
+def load_data(model_dir: str, corpus: str, n: int):
+    from tts_adapt.data.readers import read_dataset
+    from tts_adapt.models.base import TTSBackend
+    from tts_adapt.models.features import extract_features
+
+    backend = TTSBackend.from_pretrained(model_dir)
+    utts, _ = read_dataset(corpus, "tts_adapt", speaker_sets=["pretrain"], splits=["train"], validate_audio=False)
+    utts = utts[:n]
+    cache = Path(os.environ.get("TTS_ADAPT_CACHE") or Path.home() / ".cache" / "tts_adapt")
+    features = extract_features(utts, cache, backend.audio, backend.text_to_ids, backend.text_config,
+                                progress=False)
+    return backend, features
+
+
+def target_weights(backend, targets: list[str]) -> list[torch.Tensor]:
+    """The parameters fit_curvature differentiates w.r.t. (those of the target modules, deduplicated)."""
+    return list({id(p): p for t in targets for p in backend.model.get_submodule(t).parameters()}.values())
+
+
+def time_plain(backend, features, plan, targets) -> float:
+    """Collate, forward, backward w.r.t. the targets' parameters, over all batches (eval mode, as the fit)."""
+    weights = target_weights(backend, targets)
+    with _fitting(backend.model, weights):
+        batch = backend.collate([features[j] for j in plan[0]])  # warm-up
+        torch.autograd.grad(backend.loss(batch)[0] * len(batch), weights, allow_unused=True)
+        t0 = time.perf_counter()
+        for idx in plan:
+            batch = backend.collate([features[j] for j in idx])
+            loss = backend.loss(batch)[0] * len(batch)
+            torch.autograd.grad(loss, weights, allow_unused=True)
+        return time.perf_counter() - t0
+
+
+def time_fit(backend, features, batch_size, method, targets=None):
+    fit_curvature(backend, features[:batch_size], method="kfac", targets=targets, batch_size=batch_size,
+                  progress=False)  # warm-up (one batch)
+    t0 = time.perf_counter()
+    curv = fit_curvature(backend, features, method=method, targets=targets, batch_size=batch_size, progress=False)
+    return time.perf_counter() - t0, curv
+
+
+class LossAsOutput(nn.Module):
+    """curvlinops calls ``model(X)`` and applies a standard loss to the output: for ``X = {"batch": Batch}``
+    the output is sqrt(B * backend.loss(batch)), shape (1, 1), so that MSELoss(reduction="sum") against a
+    zero target is B * backend.loss(batch) and its gradients are those of the TTS loss."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.model = backend.model  # a submodule, so curvlinops finds the layers of the parameters
+        self._loss = backend.loss
+
+    def forward(self, X):
+        batch = X["batch"]
+        loss = self._loss(batch)[0] * len(batch)
+        return loss.clamp_min(1e-12).sqrt().reshape(1, 1)
+
+
+class CollatingData:
+    """The batches of ``plan`` as curvlinops data ``({"batch": Batch}, zero target)``, collated on
+    iteration (as our fit collates them), so both sides pay for collating."""
+
+    def __init__(self, backend, features, plan):
+        self.backend, self.features, self.plan = backend, features, plan
+
+    def __iter__(self):
+        for idx in self.plan:
+            yield {"batch": self.backend.collate([self.features[j] for j in idx])}, torch.zeros(1, 1)
+
+
+def compare_curvlinops(backend, features, plan, batch_size, repeats: int) -> dict | None:
+    try:
+        from curvlinops import KFACLinearOperator
+    except ImportError:
+        return None
+    targets = [t for t in backend.lora_targets() if type(backend.model.get_submodule(t)) is nn.Linear]
+    if not targets:
+        return None
+    wrapper = LossAsOutput(backend)
+    params = [backend.model.get_submodule(t).weight for t in targets]
+
+    def theirs(data):
+        op = KFACLinearOperator(wrapper, nn.MSELoss(reduction="sum"), params, data, fisher_type="empirical",
+                                kfac_approx="expand", check_deterministic=False, num_data=len(features),
+                                num_per_example_loss_terms=1, batch_size_fn=lambda X: len(X["batch"]))
+        op.compute_kronecker_factors()
+        return op
+
+    weights = target_weights(backend, targets)
+    with _fitting(backend.model, weights):  # eval mode and gradients, as in our fit
+        theirs(CollatingData(backend, features, plan[:1]))  # warm-up
+    fit_curvature(backend, features[:batch_size], targets=targets, batch_size=batch_size, progress=False)
+    ours_s, theirs_s = [], []
+    for _ in range(repeats):  # alternating, so that both see the same load
+        t0 = time.perf_counter()
+        ours = fit_curvature(backend, features, method="kfac", targets=targets, batch_size=batch_size,
+                             progress=False)
+        ours_s.append(time.perf_counter() - t0)
+        with _fitting(backend.model, weights):
+            t0 = time.perf_counter()
+            op = theirs(CollatingData(backend, features, plan))
+            theirs_s.append(time.perf_counter() - t0)
+    state = op.state_dict()
+    n = ours.num_utterances
+    worst = {}
+    for t in targets:
+        key = f"model.{t}"
+        for kind, mine, other in (("A", ours.tensors[f"{t}.A"], state["input_covariances"][key]),
+                                  ("G", n * ours.tensors[f"{t}.G"], state["gradient_covariances"][key])):
+            other = other.to(mine.dtype)
+            worst[kind] = max(worst.get(kind, 0.0), float((mine - other).norm() / other.norm().clamp_min(1e-30)))
+    return {"targets": targets, "ours_s": min(ours_s), "theirs_s": min(theirs_s), "rel_diff": worst}
+
+
+def weight_bytes(backend, targets) -> int:
+    return sum(m.out_features * m.in_features * 4 for m in linear_maps(backend.model, targets))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model folder")
+    ap.add_argument("--corpus", required=True, help="embedded corpus (tts_adapt layout)")
+    ap.add_argument("--utterances", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of the curvlinops comparison (min)")
+    ap.add_argument("--skip-curvlinops", action="store_true")
+    args = ap.parse_args()
+
+    backend, features = load_data(args.model, args.corpus, args.utterances)
+    plan = batch_plan(features, args.batch_size)
+    targets = backend.lora_targets()
+    frames = sum(f.mel.shape[0] for f in features)
+    print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, model: {backend.name} "
+          f"({backend.num_parameters() / 1e6:.2f} M parameters), {len(targets)} target modules "
+          f"({len(linear_maps(backend.model, targets))} weight matrices)")
+    print(f"data: {len(features)} utterances ({frames} frames), {len(plan)} batches of {args.batch_size}")
+
+    plain_s = time_plain(backend, features, plan, targets)
+    fits, sizes = {}, {}
+    wbytes = weight_bytes(backend, targets)
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("kfac", "ekfac", "diag"):
+            fits[method], curv = time_fit(backend, features, args.batch_size, method)
+            path = Path(tmp) / f"{method}.safetensors"
+            curv.save(path)
+            sizes[method] = path.stat().st_size
+    cl = None
+    if not args.skip_curvlinops:
+        cl = compare_curvlinops(backend, features, plan, args.batch_size, args.repeats)
+
+    rows = [("plain forward+backward, s", f"{plain_s:.2f}", ""),
+            ("plain per utterance, ms", f"{1000 * plain_s / len(features):.1f}", "")]
+    for method, goal in (("kfac", "<= 1.3"), ("ekfac", ""), ("diag", "")):
+        rows.append((f"{method} fit, s", f"{fits[method]:.2f}", ""))
+        rows.append((f"{method} fit / plain", f"{fits[method] / plain_s:.2f}", goal))
+    if cl is not None:
+        layers = ", ".join(cl["targets"])
+        rows += [(f"kfac of nn.Linear [{layers}]: ours, s", f"{cl['ours_s']:.2f}", ""),
+                 ("  curvlinops KFACLinearOperator, s", f"{cl['theirs_s']:.2f}", ""),
+                 ("  ours / curvlinops", f"{cl['ours_s'] / cl['theirs_s']:.2f}", "<= 1"),
+                 ("  factor rel. difference A / G (N x ours)", f"{cl['rel_diff']['A']:.1e} / {cl['rel_diff']['G']:.1e}",
+                  "")]
+    else:
+        rows.append(("curvlinops comparison", "skipped", ""))
+    rows.append(("adapted weights (float32), MB", f"{wbytes / 1e6:.2f}", ""))
+    for method, goal in (("kfac", "<= 2"), ("ekfac", ""), ("diag", "")):
+        rows.append((f"{method} file / weights", f"{sizes[method] / wbytes:.2f}", goal))
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'measure':<{width}} {'value':>16} {'goal':>8}")
+    for name, value, goal in rows:
+        print(f"{name:<{width}} {value:>16} {goal:>8}")
+
+
+if __name__ == "__main__":
+    main()
