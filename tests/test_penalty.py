@@ -12,14 +12,17 @@ from tts_adapt.adapt.penalty import STRATEGIES, get_strategy
 
 
 class FactorTable:
-    """Curvature factors held in a dict: the interface penalties read (``layers``, ``tensor``)."""
+    """Curvature factors held in a dict: the interface penalties read (``layer_names``, ``factors``)."""
 
     def __init__(self, tensors: dict[tuple[str, str], torch.Tensor]):
         self._t = tensors
-        self.layers = sorted({name for name, _ in tensors})
+        self.layer_names = sorted({name for name, _ in tensors})
 
     def tensor(self, name, key):
         return self._t[(name, key)]
+
+    def factors(self, name):
+        return {k: v for (n, k), v in self._t.items() if n == name}
 
 
 class Tiny(nn.Module):
