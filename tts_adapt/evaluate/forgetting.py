@@ -90,7 +90,7 @@ def table(scores: list[ModelScores], base: str = "base", seconds: dict | None = 
     for s in scores:
         delta = s.old_mcd - ref.old_mcd if ref is not None else float("nan")
         line = f"{s.name:<16} {s.target_similarity:>10.3f} {s.target_mcd:>10.2f} {s.old_mcd:>8.2f} {delta:>+9.2f}"
-        if seconds:
-            line += f" {seconds.get(s.name, float('nan')):>9.0f}"
+        if seconds:  # the base model is not trained here: no time to show
+            line += f" {seconds[s.name]:>9.0f}" if s.name in seconds else f" {'-':>9}"
         lines.append(line)
     return "\n".join(lines)
