@@ -1,13 +1,16 @@
-"""Shared fixtures: one tiny corpus and one feature cache for the whole test session."""
+"""Shared fixtures: one tiny corpus, one feature cache, one tiny pretrained model and the target speaker's
+clips for the whole test session."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tts_adapt.data.corpus import CorpusConfig
+from tts_adapt.models.pretrain_config import PretrainConfig
 
 #: The corpus the model and pretraining tests share: 6 speakers (4 pretrain, 1 unseen, 1 target),
 #: 12 utterances each (8 train, 2 parallel + 2 further held out).
@@ -15,6 +18,9 @@ TINY_CORPUS = CorpusConfig(speakers=6, utterances=12, parallel=2, heldout=2, uns
                            prompts=60)
 
 SYNTHS = ("flite", "espeak-ng", "sox")
+#: A tiny FastPitch pretrained for 2 steps: the model of the adaptation and demo tests.
+TINY_PRETRAIN = PretrainConfig(size="tiny", steps=2, batch_size=4, checkpoint_every=2, log_every=1, warmup_steps=1,
+                               val_utterances=4)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +40,34 @@ def tiny_corpus(tmp_path_factory) -> Path:
 def feature_cache(tmp_path_factory) -> Path:
     """One feature cache for every test of the session, so features are extracted once."""
     return tmp_path_factory.mktemp("feature-cache")
+
+
+def copy_target_clips(corpus: Path, dest: Path, n: int = 12) -> Path:
+    """The corpus's target speaker's first ``n`` clips as a flat folder of wav + txt."""
+    with open(corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["speaker_set"] == "target"]
+    assert len({r["speaker"] for r in rows}) == 1 and len(rows) >= n, "the tiny corpus has one 12-clip target"
+    dest.mkdir(parents=True)
+    for r in sorted(rows, key=lambda r: r["utt_id"])[:n]:
+        shutil.copy(corpus / r["audio"], dest / f"{r['utt_id']}.wav")
+        (dest / f"{r['utt_id']}.txt").write_text(r["text"] + "\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_corpus, feature_cache, tmp_path_factory) -> Path:
+    """A tiny FastPitch (d-vector conditioning), pretrained for 2 steps on the tiny corpus (read only)."""
+    from tts_adapt.models.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("tiny-model") / "model"
+    pretrain(tiny_corpus, out, TINY_PRETRAIN, cache_dir=feature_cache, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_target_clips(tiny_corpus, tmp_path_factory) -> Path:
+    """The tiny corpus's target speaker's 12 clips, wav + txt (shared: tests must not modify it)."""
+    return copy_target_clips(tiny_corpus, tmp_path_factory.mktemp("target") / "clips")
 
 
 @pytest.fixture(scope="session", autouse=True)

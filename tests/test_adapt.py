@@ -7,7 +7,6 @@ shared by the module; every test only reads them (or copies them first).
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -27,11 +26,7 @@ from tts_adapt.curvature import Curvature
 from tts_adapt.curvature.run import fit_curvature_file
 from tts_adapt.curvature.storage import CurvatureMismatchError
 from tts_adapt.models import TTSBackend
-from tts_adapt.models.pretrain import pretrain
-from tts_adapt.models.pretrain_config import PretrainConfig
 
-PRETRAIN = PretrainConfig(size="tiny", steps=2, batch_size=4, checkpoint_every=2, log_every=1, warmup_steps=1,
-                          val_utterances=4)
 #: 12 clips: 10 train (2 batches of 4 per epoch), 2 held out; validation at steps 2 and 4.
 CONFIG = AdaptConfig(strategy="lora", rank=2, steps=4, batch_size=4, val_every=2, checkpoint_every=2, seed=0)
 #: one step, for the input-handling tests
@@ -67,37 +62,23 @@ def _close_mel(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=0.0, atol=1e-4)
 
 
-def _copy_target_clips(corpus: Path, dest: Path, n: int = 12) -> Path:
-    """The corpus's target speaker's first ``n`` clips as a flat folder of wav + txt."""
-    with open(corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["speaker_set"] == "target"]
-    assert len({r["speaker"] for r in rows}) == 1 and len(rows) >= n, "the tiny corpus has one 12-clip target"
-    dest.mkdir(parents=True)
-    for r in sorted(rows, key=lambda r: r["utt_id"])[:n]:
-        shutil.copy(corpus / r["audio"], dest / f"{r['utt_id']}.wav")
-        (dest / f"{r['utt_id']}.txt").write_text(r["text"] + "\n", encoding="utf-8")
-    return dest
-
-
 # --------------------------------------------------------------------------- shared fixtures
 @pytest.fixture(scope="module")
-def base_model(tiny_corpus, feature_cache, tmp_path_factory) -> Path:
-    """A tiny FastPitch, pretrained for 2 steps on the tiny corpus."""
-    out = tmp_path_factory.mktemp("adapt-base") / "model"
-    pretrain(tiny_corpus, out, PRETRAIN, cache_dir=feature_cache, workers=1, progress=False)
-    return out
+def base_model(tiny_model) -> Path:
+    """A tiny FastPitch, pretrained for 2 steps on the tiny corpus (conftest's)."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def target_dir(tiny_corpus, tmp_path_factory) -> Path:
+def target_dir(tiny_target_clips) -> Path:
     """The target speaker's 12 clips (shared: tests must not modify it)."""
-    return _copy_target_clips(tiny_corpus, tmp_path_factory.mktemp("adapt-target") / "clips")
+    return tiny_target_clips
 
 
 @pytest.fixture
-def own_target_dir(tiny_corpus, tmp_path) -> Path:
+def own_target_dir(tiny_target_clips, tmp_path) -> Path:
     """A private copy of the 12 clips, for tests that alter the folder."""
-    return _copy_target_clips(tiny_corpus, tmp_path / "clips")
+    return Path(shutil.copytree(tiny_target_clips, tmp_path / "clips"))
 
 
 @pytest.fixture(scope="module")
@@ -321,11 +302,34 @@ def test_a_huge_lambda_keeps_the_update_small_in_the_kfac_metric(runs, base_mode
 
 
 # --------------------------------------------------------------------------- 5. bad input
-def test_too_few_clips_is_an_error(tiny_corpus, base_model, feature_cache, tmp_path):
-    folder = _copy_target_clips(tiny_corpus, tmp_path / "five", n=5)
+def test_too_few_clips_is_an_error(tiny_target_clips, base_model, feature_cache, tmp_path):
+    folder = tmp_path / "five"
+    folder.mkdir()
+    for wav in sorted(tiny_target_clips.glob("*.wav"))[:5]:
+        shutil.copy(wav, folder)
+        shutil.copy(wav.with_suffix(".txt"), folder)
     with pytest.raises(TargetDataError, match="at least 10"):
         adapt(folder, tmp_path / "out", base_model, QUICK, cache_dir=feature_cache, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_min_clips_is_configurable_and_on_step_can_cancel(tiny_target_clips, base_model, feature_cache, tmp_path):
+    folder = tmp_path / "five"
+    folder.mkdir()
+    for wav in sorted(tiny_target_clips.glob("*.wav"))[:5]:
+        shutil.copy(wav, folder)
+        shutil.copy(wav.with_suffix(".txt"), folder)
+    calls = []
+
+    def on_step(step, total, row):
+        calls.append((step, total, row["step"]))
+        return step < 2  # stop after the second of four steps
+
+    card = adapt(folder, tmp_path / "out", base_model, _config(steps=4), min_clips=5, cache_dir=feature_cache,
+                 progress=False, on_step=on_step)
+    assert calls == [(1, 4, 1), (2, 4, 2)]
+    assert card["stopped"] == "cancelled" and card["steps"] == 2 and card["train_clips"] == 3
+    assert _card(tmp_path / "out")["stopped"] == "cancelled"
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from tts_adapt import __version__
 from tts_adapt.adapt.config import AdaptConfig
 from tts_adapt.adapt.lora import exact_attention_forward, lora_factors, lora_parameters, wrap_with_lora
 from tts_adapt.adapt.penalty import get_strategy
-from tts_adapt.adapt.target import read_target_clips, split_heldout
+from tts_adapt.adapt.target import MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.features import extract_features
@@ -79,11 +80,15 @@ def _validation_loss(backend, feats, batch_size) -> float:
 def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = None,
           config: AdaptConfig = AdaptConfig(), *, curvature: str | Path | None = None,
           targets: list[str] | None = None, resume: bool = False, val_dir: str | Path | None = None,
-          cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+          cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
+          min_clips: int = MIN_CLIPS, on_step: Callable[[int, int, dict], bool] | None = None) -> dict:
     """Fine-tune LoRA on the target clips; returns the run card (also written to ``out/run.json``).
 
     ``stop_after`` ends this call after that many steps, leaving a resumable
-    checkpoint (as an interruption would).
+    checkpoint (as an interruption would). ``min_clips`` is the fewest usable target
+    clips accepted. ``on_step(step, total_steps, row)`` is called after every optimizer
+    step with that step's curve row; returning ``False`` ends the run there with
+    ``stopped="cancelled"`` (the adapter of the best validation so far is saved).
     """
     import os
 
@@ -103,7 +108,7 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         raise ValueError(f"{ckpt}: the interrupted run used other settings ({state['config']}); "
                          "resume with the same ones")
 
-    clips, report = read_target_clips(target_dir, backend.audio.sample_rate)
+    clips, report = read_target_clips(target_dir, backend.audio.sample_rate, min_clips=min_clips)
     if val_dir:
         val_clips, _ = read_target_clips(val_dir, backend.audio.sample_rate, min_clips=1)
         train_clips = clips
@@ -199,6 +204,9 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
             else:
                 bad_validations += 1
         curve.append(row)
+        if on_step is not None and on_step(step, config.steps, row) is False:
+            stopped = "cancelled"
+            break
         if bad_validations >= config.patience:
             stopped = "early stopping"
             break
