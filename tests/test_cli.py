@@ -11,7 +11,7 @@ from tts_adapt.cli import build_parser, main
 
 SUBCOMMANDS = ["corpus", "pretrain", "synthesize", "fit-curvature", "adapt", "evaluate", "sweep", "demo",
                "quickstart"]
-NOT_YET = ["sweep", "demo"]
+NOT_YET = ["sweep"]
 
 
 def test_top_level_help_lists_every_subcommand():

@@ -162,6 +162,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from tts_adapt.demo.app import run_demo
+
+    print(f"loading the base model and the adapters of {args.adapters} ...", flush=True)
+    run_demo(args.host, args.port, args.model, args.adapters, args.curvature, min_clips=args.min_clips,
+             max_steps=args.max_steps)
+    return 0
+
+
 # ----------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args) -> int:
     from tts_adapt.quickstart import QuickstartConfig, run_quickstart
@@ -321,13 +331,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     planned = {
         "sweep": "run adapt + evaluate over strategies and penalty strengths",
-        "demo": "start the Gradio demo",
     }
     for name, help_text in planned.items():
         p = sub.add_parser(name, help=f"{help_text} (not available yet)",
                            description=f"{help_text[0].upper()}{help_text[1:]}. Not available yet in "
                                        f"tts_adapt {__version__}.")
         p.set_defaults(func=not_available(name))
+
+    workdir = Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR))
+    p = sub.add_parser("demo", help="start the Gradio demo: compare adapters by ear, clone a voice",
+                       description="Serve the Gradio demo: hear the base model and every adapter of the bank side "
+                                   "by side (target voices, old speakers, or a reference clip zero-shot), and clone "
+                                   "a voice from uploaded or recorded clips in a queued background run. Binds to "
+                                   "localhost unless --host says otherwise.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
+    p.add_argument("--adapters", type=Path, default=workdir / "adapters",
+                   help="adapter bank: one folder per adapter; clones are saved here "
+                        f"(default: {workdir / 'adapters'})")
+    p.add_argument("--curvature", type=Path, nargs="+", default=[workdir / "kfac.safetensors"],
+                   help="curvature files or folders for the diag / kfac / ekfac strategies "
+                        f"(default: {workdir / 'kfac.safetensors'}, written by quickstart)")
+    p.add_argument("--min-clips", type=int, default=5, help="fewest clips a clone accepts (default: 5)")
+    p.add_argument("--max-steps", type=int, default=1000, help="most adaptation steps a clone may ask (default: 1000)")
+    p.set_defaults(func=cmd_demo)
 
     from tts_adapt.quickstart import QuickstartConfig
 
