@@ -6,6 +6,10 @@ LoRA-A convolution's weight flattened channel-major (the order of ``F.unfold``
 patches); B is the 1×1 LoRA-B convolution. A MultiheadAttention is adapted by
 peft on its stacked q/k/v in-projection (``<name>.in_proj``, 3E × E) and on its
 out-projection (``<name>.out_proj``, E × E).
+
+A new voice of a speaker-ID-table model is a new row of the speaker embedding; that row
+is trained with the adapter as peft's trainable tokens (``trainable_tokens``: the row's
+values are saved in the adapter file and restored by ``PeftModel.from_pretrained``).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ class LoraFactors:
 
 
 def wrap_with_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                   seed: int = 0):
+                   seed: int = 0, trainable_tokens: dict[str, list[int]] | None = None):
     """A peft ``PeftModel`` with LoRA on ``targets`` (module names of ``model``).
 
     LoRA-B starts at zero (peft's default), so the wrapped model starts out
     identical to the base model; the initialisation of LoRA-A is seeded.
+    ``trainable_tokens`` (embedding module name -> row indices) are rows trained
+    along with LoRA, starting from their current values (a new speaker's row).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -55,7 +61,7 @@ def wrap_with_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: f
         raise ValueError(f"LoRA cannot adapt dilated or grouped Conv1d layers: {', '.join(unsupported[:5])}; "
                          "leave them out of the targets")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                        init_lora_weights=True, bias="none")
+                        init_lora_weights=True, bias="none", trainable_token_indices=trainable_tokens or None)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, config, adapter_name=ADAPTER_NAME)
@@ -132,5 +138,10 @@ def lora_factors(peft_model: nn.Module) -> list[LoraFactors]:
     return factors
 
 
+def is_adapter_parameter(name: str) -> bool:
+    """A parameter the adapter trains and saves: LoRA factors and trainable embedding rows."""
+    return "lora_" in name or "trainable_tokens_delta" in name
+
+
 def lora_parameters(peft_model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in peft_model.named_parameters() if "lora_" in n and p.requires_grad]
+    return [p for n, p in peft_model.named_parameters() if is_adapter_parameter(n) and p.requires_grad]

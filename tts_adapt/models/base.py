@@ -12,6 +12,9 @@ Model folder::
     model.pth              coqui checkpoint: {"model": state_dict, "step": int}
     tts_adapt.json         backend name, audio config, feature statistics, training summary
     speakers.safetensors   speaker table (d-vectors or ID names)
+
+:meth:`TTSBackend.from_pretrained` also takes a coqui-tts zoo model, by name or as a
+downloaded folder (see :mod:`tts_adapt.models.zoo`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,7 +32,7 @@ from torch import nn
 
 from tts_adapt.data.audio import AudioConfig
 from tts_adapt.io import atomic_path, write_json_atomic
-from tts_adapt.models.features import FeatureStats, UtteranceFeatures
+from tts_adapt.models.features import FeatureExtractor, FeatureStats, UtteranceFeatures, extract_features
 from tts_adapt.models.speakers import SPEAKERS_FILE, SpeakerTable
 from tts_adapt.registry import Registry
 
@@ -49,6 +52,8 @@ register_backend = BACKENDS.register
 def get_backend(name: str) -> type["TTSBackend"]:
     import tts_adapt.models.fastpitch  # noqa: F401  built-in backends register on import
     import tts_adapt.models.glowtts  # noqa: F401
+    import tts_adapt.models.vits  # noqa: F401
+    import tts_adapt.models.zoo_fastpitch  # noqa: F401
 
     return BACKENDS.get_class(name)
 
@@ -56,7 +61,8 @@ def get_backend(name: str) -> type["TTSBackend"]:
 @dataclass
 class Batch:
     """A padded batch. ``tokens`` (B, T) with ``token_lengths`` (B,); ``mel`` (B, F, n_mels) normalised,
-    ``mel_lengths`` (B,); ``f0`` (B, 1, F) normalised (0 = unvoiced); ``speakers`` B names."""
+    ``mel_lengths`` (B,); ``f0`` (B, 1, F) normalised (0 = unvoiced); ``speakers`` B names; ``extras``
+    the features' model-specific tensors, zero-padded on their first (time) axis: (B, T_max, ...)."""
 
     tokens: torch.Tensor
     token_lengths: torch.Tensor
@@ -64,6 +70,7 @@ class Batch:
     mel_lengths: torch.Tensor
     f0: torch.Tensor
     speakers: list[str]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.speakers)
@@ -78,6 +85,8 @@ class TTSBackend(ABC):
     """One acoustic model class behind the toolkit's small protocol."""
 
     name: ClassVar[str]
+    #: the attribute of the coqui model holding its speaker-ID embedding table (ID-table models)
+    speaker_embedding_module: ClassVar[str] = "emb_g"
 
     def __init__(self, model: nn.Module, audio: AudioConfig, stats: FeatureStats, speakers: SpeakerTable,
                  info: dict | None = None):
@@ -104,10 +113,20 @@ class TTSBackend(ABC):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "TTSBackend":
-        """Load a model folder written by :meth:`save_pretrained` (any registered backend)."""
+        """Load a model: a folder written by :meth:`save_pretrained` (any registered backend), a
+        downloaded coqui-tts zoo model folder, or a zoo model name (``tts_models/en/vctk/vits``)."""
+        from tts_adapt.models import zoo
+
+        if zoo.is_zoo_name(folder):
+            folder = zoo.download(str(folder))
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(f"model folder not found: {folder}")
+        if zoo.is_zoo_folder(folder):
+            backend = zoo.load_zoo_folder(folder)
+            if cls is not TTSBackend and not isinstance(backend, cls):
+                raise ModelFolderError(f"{folder} holds a {backend.name} model, not {cls.name}")
+            return backend
         for name in (CONFIG_FILE, CHECKPOINT_FILE, META_FILE, SPEAKERS_FILE):
             if not (folder / name).is_file():
                 raise ModelFolderError(f"{folder}: missing {name} (a model folder holds {CONFIG_FILE}, "
@@ -166,6 +185,60 @@ class TTSBackend(ABC):
     def set_training_progress(self, step: int) -> None:
         """Called before every training step (schedules inside the model); nothing by default."""
 
+    # ------------------------------------------------------------------ features and speakers
+    def feature_extractor(self) -> FeatureExtractor | None:
+        """What computes the model's features from audio (None: the toolkit's log-mel and F0)."""
+        return None
+
+    def extract_features(self, utts, cache_dir: str | Path, **kwargs):
+        """:func:`tts_adapt.models.features.extract_features` with this model's text front end and
+        feature extractor (keyword arguments passed on)."""
+        return extract_features(utts, cache_dir, self.audio, self.text_to_ids, self.text_config,
+                                extractor=self.feature_extractor(), **kwargs)
+
+    def embed_speaker(self, audio_paths: Sequence[str | Path]) -> torch.Tensor:
+        """The d-vector ``(dim,)`` of a voice from its recordings, with the encoder the model's speaker
+        table was made with (resemblyzer for the toolkit's own models)."""
+        from tts_adapt.evaluate.speaker import SpeakerEncoder
+
+        if self.speakers.kind != "d_vector":
+            raise ValueError("this model uses a speaker-ID table; it has no speaker encoder for new voices")
+        return torch.from_numpy(SpeakerEncoder().embed_speaker([str(p) for p in audio_paths])).float()
+
+    def add_speaker(self, name: str, d_vector: torch.Tensor | None = None, *, sets: str = "target"
+                    ) -> dict[str, list[int]]:
+        """Make ``name`` a speaker of the model (in place; an existing one of that name is replaced).
+
+        A d-vector model takes the given ``d_vector``. An ID-table model gets one new row in its
+        embedding table, initialised to the mean of the existing rows (the centre of the known voices,
+        a neutral start that adaptation moves towards the new voice); the returned
+        ``{module name: [row]}`` says which row a trainer should train (peft's trainable tokens).
+        """
+        table = self.speakers
+        if table.kind == "d_vector":
+            if d_vector is None:
+                raise ValueError("a d-vector model needs the new speaker's d-vector")
+            names = [n for n in table.names if n != name] + [name]
+            emb = torch.cat([table.embeddings[[table.names.index(n) for n in names[:-1]]],
+                             d_vector.reshape(1, -1).to(table.embeddings.dtype)])
+            self.speakers = SpeakerTable("d_vector", names, emb, {**table.sets, name: sets})
+            return {}
+        embedding = getattr(self.model, self.speaker_embedding_module, None)
+        if not isinstance(embedding, nn.Embedding):
+            raise ValueError(f"the model has no speaker embedding table ({self.speaker_embedding_module})")
+        if name in table.names:
+            row = table.index(name)
+        else:
+            weight = embedding.weight.detach()
+            grown = nn.Embedding(weight.shape[0] + 1, weight.shape[1])
+            with torch.no_grad():
+                grown.weight.copy_(torch.cat([weight, weight.mean(0, keepdim=True)]))
+            grown.weight.requires_grad_(embedding.weight.requires_grad)
+            setattr(self.model, self.speaker_embedding_module, grown)
+            row = weight.shape[0]
+            self.speakers = SpeakerTable("id_table", table.names + [name], None, {**table.sets, name: sets})
+        return {self.speaker_embedding_module: [row]}
+
     # ------------------------------------------------------------------ shared helpers
     def collate(self, items: Sequence[UtteranceFeatures]) -> Batch:
         """Pad features into a :class:`Batch` (mel and F0 normalised with the model's statistics)."""
@@ -179,8 +252,15 @@ class TTSBackend(ABC):
             tokens[i, : len(f.tokens)] = f.tokens
             mel[i, : f.mel.shape[0]] = self.stats.normalize_mel(f.mel)
             f0[i, 0, : f.f0.shape[0]] = self.stats.normalize_f0(f.f0)
+        extras = {}
+        for name in items[0].extras:
+            parts = [f.extras[name] for f in items]
+            padded = parts[0].new_zeros((B, max(p.shape[0] for p in parts), *parts[0].shape[1:]))
+            for i, p in enumerate(parts):
+                padded[i, : p.shape[0]] = p
+            extras[name] = padded.float() if padded.is_floating_point() else padded
         return Batch(tokens, torch.tensor([len(f.tokens) for f in items]), mel,
-                     torch.tensor([f.mel.shape[0] for f in items]), f0, [f.speaker for f in items])
+                     torch.tensor([f.mel.shape[0] for f in items]), f0, [f.speaker for f in items], extras)
 
     @property
     def pad_id(self) -> int:

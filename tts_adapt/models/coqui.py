@@ -103,11 +103,8 @@ class CoquiBackend(TTSBackend):
         """Normalised mel ``(frames, n_mels)`` from coqui's inference."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def synthesize_mel(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
-                       length_scale: float = 1.0) -> torch.Tensor:
-        if not text or not text.strip():
-            raise ValueError("text is empty: nothing to synthesise")
+    def speaker_aux(self, speaker: str | None = None, d_vector: torch.Tensor | None = None) -> dict:
+        """coqui ``aux_input`` conditioning one utterance on a known speaker or a d-vector ``(dim,)``."""
         if (speaker is None) == (d_vector is None):
             raise ValueError("give exactly one of speaker (a known speaker name) or d_vector (zero-shot)")
         if d_vector is not None:
@@ -116,29 +113,51 @@ class CoquiBackend(TTSBackend):
             if d_vector.numel() != self.speakers.dim:
                 raise ValueError(f"the d-vector has {d_vector.numel()} values; this model's speaker embeddings "
                                  f"have {self.speakers.dim}")
-            aux = {"d_vectors": d_vector.reshape(1, -1).float(), "speaker_ids": None}
-        else:
-            aux = self.speakers.conditioning([speaker])
+            return {"d_vectors": d_vector.reshape(1, -1).float(), "speaker_ids": None}
+        return self.speakers.conditioning([speaker])
+
+    def text_ids_tensor(self, text: str) -> torch.Tensor:
+        """Token ids ``(1, T)`` of one sentence; empty text or text without known tokens is an error."""
+        if not text or not text.strip():
+            raise ValueError("text is empty: nothing to synthesise")
         ids = self.text_to_ids(text)
         if not ids:
             raise ValueError(f"text {text!r} gives no tokens the model knows")
+        return torch.tensor([ids])
+
+    def to_log_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """The model's output mel ``(frames, n_mels)`` as a natural-log mel (undoes the normalisation)."""
+        return self.stats.denormalize_mel(mel)
+
+    @torch.no_grad()
+    def synthesize_mel(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
+                       length_scale: float = 1.0) -> torch.Tensor:
+        if not text or not text.strip():
+            raise ValueError("text is empty: nothing to synthesise")
+        aux = self.speaker_aux(speaker, d_vector)
+        ids = self.text_ids_tensor(text)
         was_training = self.model.training
         self.model.eval()
         try:
-            mel = self._inference(torch.tensor([ids]), aux, length_scale)
+            mel = self._inference(ids, aux, length_scale)
         finally:
             self.model.train(was_training)
-        return self.stats.denormalize_mel(mel).T.contiguous()
+        return self.to_log_mel(mel).T.contiguous()
 
     def lora_targets(self) -> list[str]:
         """Linear, Conv1d and MultiheadAttention modules outside ``excluded_prefixes`` (never
-        the inner projections of an attention module that is itself a target)."""
+        the inner projections of an attention module that is itself a target). Dilated and
+        grouped Conv1d layers are left out: peft builds their LoRA-A without the dilation and
+        groups, so the update would not have the layer's shape."""
         targets = []
         attention = [n for n, m in self.model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        excluded = self.excluded_prefixes + ("speaker_encoder",)  # coqui's speaker encoder, if loaded
         for name, module in self.model.named_modules():
-            if any(name == p or name.startswith(p + ".") for p in self.excluded_prefixes):
+            if any(name == p or name.startswith(p + ".") for p in excluded):
                 continue
             if any(name.startswith(a + ".") for a in attention):
+                continue
+            if isinstance(module, nn.Conv1d) and (module.dilation != (1,) or module.groups != 1):
                 continue
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.MultiheadAttention)):
                 targets.append(name)

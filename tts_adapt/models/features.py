@@ -1,5 +1,12 @@
 """Training features of utterances: log-mel, frame-level F0 and token ids, cached on disk.
 
+What is computed from the audio is the backend's choice: by default a natural-log mel
+(torchaudio, the toolkit's :class:`AudioConfig`) and SWIPE' F0; a backend whose model was
+trained on other features (a coqui-tts zoo model) gives a :class:`FeatureExtractor` that
+computes them with coqui's own code, and may add model-specific tensors (``extras``, e.g.
+the waveform VITS computes its linear spectrogram from). The extractor's description is
+part of the cache fingerprint.
+
 Extraction runs once per dataset and configuration; the result is a few
 safetensors shards (``features-<fingerprint>/shard-NNNNN.safetensors``) that
 later runs load in seconds. Shards are written atomically, so an interrupted
@@ -12,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +52,9 @@ def extract_f0(wav: np.ndarray, config: AudioConfig, num_frames: int) -> np.ndar
 
 @dataclass
 class UtteranceFeatures:
-    """Features of one utterance: ``mel`` (frames, n_mels) natural-log mel, ``f0`` (frames,) Hz, ``tokens`` (T,)."""
+    """Features of one utterance: ``mel`` (frames, n_mels) log-mel in the model's own scale (natural log
+    for the toolkit's models), ``f0`` (frames,) Hz, ``tokens`` (T,); ``extras`` model-specific tensors whose
+    first axis is time (padded by :meth:`TTSBackend.collate`)."""
 
     utt_id: str
     speaker: str
@@ -53,42 +62,69 @@ class UtteranceFeatures:
     f0: torch.Tensor
     tokens: torch.Tensor
     text: str
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _features_of(utt: Utterance, config: AudioConfig, text_to_ids: Callable[[str], list[int]], log_mel: LogMel):
-    wav, _ = load_audio(utt.audio_path, config.sample_rate)
-    mel = log_mel(torch.from_numpy(wav)).T.contiguous()  # (frames, n_mels)
-    f0 = extract_f0(wav, config, mel.shape[0])
-    tokens = torch.tensor(text_to_ids(utt.text), dtype=torch.int32)
-    return mel.to(torch.float16), torch.from_numpy(f0), tokens
+class FeatureExtractor:
+    """Audio features of one file: ``(mel (frames, n_mels), f0 (frames,) Hz, extras)``.
+
+    Must be picklable (extraction may run in worker processes); :meth:`describe` identifies
+    it in the cache fingerprint. This default is the toolkit's own: natural-log mel from
+    torchaudio and SWIPE' F0, at the :class:`AudioConfig`'s rate.
+    """
+
+    def __init__(self, config: AudioConfig):
+        self.config = config
+        self._log_mel: LogMel | None = None
+
+    def describe(self) -> dict | None:
+        """What identifies the features beyond the audio config (None: the toolkit's defaults)."""
+        return None
+
+    def __call__(self, audio_path: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        if self._log_mel is None:
+            self._log_mel = LogMel(self.config)
+        wav, _ = load_audio(audio_path, self.config.sample_rate)
+        mel = self._log_mel(torch.from_numpy(wav)).T.contiguous()  # (frames, n_mels)
+        f0 = extract_f0(wav, self.config, mel.shape[0])
+        return mel, torch.from_numpy(f0), {}
+
+    def __getstate__(self):
+        return {"config": self.config, "_log_mel": None}
 
 
-def _extract_shard(utts: list[Utterance], config: AudioConfig, text_to_ids, path: Path) -> list[tuple[str, str]]:
+def _extract_shard(utts: list[Utterance], extractor: FeatureExtractor, text_to_ids, path: Path
+                   ) -> list[tuple[str, str]]:
     """Extract and write one shard; returns (audio path, reason) of utterances that failed."""
     tensors: dict[str, torch.Tensor] = {}
     meta = []
     failed = []
-    log_mel = LogMel(config)
     for u in utts:
         try:
-            mel, f0, tokens = _features_of(u, config, text_to_ids, log_mel)
+            tokens = torch.tensor(text_to_ids(u.text), dtype=torch.int32)
+            if len(tokens) == 0:
+                failed.append((u.audio_path, "text gives no tokens"))
+                continue
+            mel, f0, extras = extractor(u.audio_path)
         except (AudioError, ValueError, RuntimeError) as err:
             failed.append((u.audio_path, str(err)))
             continue
-        if len(tokens) == 0:
-            failed.append((u.audio_path, "text gives no tokens"))
-            continue
         k = len(meta)
-        tensors[f"{k}.mel"], tensors[f"{k}.f0"], tensors[f"{k}.tokens"] = mel, f0, tokens
-        meta.append({"utt_id": u.utt_id or Path(u.audio_path).stem, "speaker": u.speaker, "text": u.text})
+        tensors[f"{k}.mel"], tensors[f"{k}.f0"], tensors[f"{k}.tokens"] = mel.to(torch.float16), f0, tokens
+        for name, t in extras.items():
+            tensors[f"{k}.x.{name}"] = t.contiguous()
+        meta.append({"utt_id": u.utt_id or Path(u.audio_path).stem, "speaker": u.speaker, "text": u.text,
+                     "extras": sorted(extras)})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"utterances": json.dumps(meta), "failed": json.dumps(failed)})
     return failed
 
 
-def fingerprint(utts: Sequence[Utterance], config: AudioConfig, text_config: dict) -> str:
+def fingerprint(utts: Sequence[Utterance], config: AudioConfig, text_config: dict,
+                extractor: FeatureExtractor | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([config.to_dict(), text_config], sort_keys=True).encode())
+    described = extractor.describe() if extractor is not None else None
+    h.update(json.dumps([config.to_dict(), text_config] + ([described] if described else []), sort_keys=True).encode())
     for u in utts:
         h.update(f"{u.audio_path}|{u.speaker}|{u.text}\n".encode())
     return h.hexdigest()[:16]
@@ -97,15 +133,17 @@ def fingerprint(utts: Sequence[Utterance], config: AudioConfig, text_config: dic
 def extract_features(
     utts: Sequence[Utterance], cache_dir: str | Path, config: AudioConfig, text_to_ids: Callable[[str], list[int]],
     text_config: dict, *, report: InputReport | None = None, workers: int = 1, progress: bool = True,
-    lazy: bool = False,
+    lazy: bool = False, extractor: FeatureExtractor | None = None,
 ) -> "list[UtteranceFeatures] | FeatureStore":
     """Features of ``utts`` (in order, failures left out and reported), from the cache when present.
 
     ``text_to_ids`` must be picklable when ``workers > 1``; ``text_config``
-    identifies the text front end in the cache fingerprint. ``lazy`` returns a
+    identifies the text front end in the cache fingerprint. ``extractor`` computes the
+    audio features (default: :class:`FeatureExtractor` of ``config``). ``lazy`` returns a
     :class:`FeatureStore` that reads each utterance from disk when it is used.
     """
-    fp = fingerprint(utts, config, text_config)
+    fp = fingerprint(utts, config, text_config, extractor)
+    extractor = extractor or FeatureExtractor(config)
     folder = Path(cache_dir) / f"features-{fp}"
     folder.mkdir(parents=True, exist_ok=True)
     shards = [list(utts[i:i + SHARD_SIZE]) for i in range(0, len(utts), SHARD_SIZE)]
@@ -116,17 +154,17 @@ def extract_features(
                    disable=not progress)
         if workers > 1 and len(todo) > 1:
             with process_pool(workers) as pool:
-                futures = {pool.submit(_extract_shard, shards[i], config, text_to_ids, paths[i]): i for i in todo}
+                futures = {pool.submit(_extract_shard, shards[i], extractor, text_to_ids, paths[i]): i for i in todo}
                 for fut in futures:
                     fut.result()
                     bar.update(len(shards[futures[fut]]))
         else:
             for i in todo:
-                _extract_shard(shards[i], config, text_to_ids, paths[i])
+                _extract_shard(shards[i], extractor, text_to_ids, paths[i])
                 bar.update(len(shards[i]))
         bar.close()
         write_json_atomic(folder / "info.json", {"audio": config.to_dict(), "text": text_config,
-                                                 "utterances": len(utts)})
+                                                 "features": extractor.describe(), "utterances": len(utts)})
     if lazy:
         return FeatureStore(paths, report)
     features = []
@@ -144,13 +182,13 @@ class FeatureStore(Sequence):
     def __init__(self, paths: Sequence[Path], report: InputReport | None = None):
         from safetensors import safe_open
 
-        self._index: list[tuple[Path, int]] = []
+        self._index: list[tuple[Path, int, list[str]]] = []
         self.utt_ids, self.speakers, self.texts, self.num_frames, self.num_tokens = [], [], [], [], []
         for p in paths:
             with safe_open(str(p), "pt") as fh:
                 meta = fh.metadata()
                 for k, m in enumerate(json.loads(meta["utterances"])):
-                    self._index.append((p, k))
+                    self._index.append((p, k, m.get("extras", [])))
                     self.utt_ids.append(m["utt_id"])
                     self.speakers.append(m["speaker"])
                     self.texts.append(m["text"])
@@ -168,10 +206,12 @@ class FeatureStore(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         from safetensors import safe_open
 
-        path, k = self._index[i]
+        path, k, extra_names = self._index[i]
         with safe_open(str(path), "pt") as fh:
             mel, f0, tokens = (fh.get_tensor(f"{k}.{name}") for name in ("mel", "f0", "tokens"))
-        return UtteranceFeatures(self.utt_ids[i], self.speakers[i], mel.float(), f0, tokens.long(), self.texts[i])
+            extras = {name: fh.get_tensor(f"{k}.x.{name}") for name in extra_names}
+        return UtteranceFeatures(self.utt_ids[i], self.speakers[i], mel.float(), f0, tokens.long(), self.texts[i],
+                                 extras)
 
 
 def load_shard(path: Path, report: InputReport | None = None) -> list[UtteranceFeatures]:
@@ -183,7 +223,8 @@ def load_shard(path: Path, report: InputReport | None = None) -> list[UtteranceF
     out = []
     for k, m in enumerate(json.loads(meta["utterances"])):
         out.append(UtteranceFeatures(m["utt_id"], m["speaker"], tensors[f"{k}.mel"].float(), tensors[f"{k}.f0"],
-                                     tensors[f"{k}.tokens"].long(), m["text"]))
+                                     tensors[f"{k}.tokens"].long(), m["text"],
+                                     {name: tensors[f"{k}.x.{name}"] for name in m.get("extras", [])}))
     for audio_path, reason in json.loads(meta.get("failed", "[]")):
         if report is not None:
             report.bad(audio_path, reason, "feature extraction failed")

@@ -1,0 +1,394 @@
+"""coqui-tts zoo models through the real loader: one tiny, randomly initialised model per zoo architecture.
+
+Each row of :data:`ZOO_CASES` builds a model from the same coqui classes and config type as the zoo
+model (small sizes), writes it as coqui's model manager leaves a downloaded model (``config.json``
+with paths from the training machine, the checkpoint as coqui's ``save_checkpoint`` writes it, the
+speaker files; for YourTTS a speaker encoder built from coqui's encoder class), loads it back by
+path, and runs every stage on a batch of the tiny corpus: loss, synthesis, LoRA, K-FAC curvature
+and two adaptation steps under the K-FAC penalty.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tts_adapt.models import ModelFolderError, TTSBackend
+from tts_adapt.models.zoo import is_zoo_name
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+#: A path from the machine the model was trained on, as zoo configs carry them.
+TRAINING_MACHINE = "/home/coqui/experiments/run-0"
+
+ZOO_CASES = {
+    "vctk-fast_pitch": dict(backend="coqui_fastpitch", checkpoint="model_file.pth", sample_rate=22050),
+    "vctk-vits": dict(backend="vits", checkpoint="model_file.pth", sample_rate=22050),
+    "your_tts": dict(backend="yourtts", checkpoint="model_file.pth", sample_rate=16000),
+}
+#: The parts of each model that LoRA adapts (top-level modules) and that it must leave alone.
+ADAPTED = {
+    "coqui_fastpitch": ({"encoder", "decoder", "duration_predictor", "pitch_predictor"}, {"aligner"}),
+    "vits": ({"text_encoder", "flow", "duration_predictor"}, {"posterior_encoder", "waveform_decoder"}),
+    "yourtts": ({"text_encoder", "flow", "duration_predictor"}, {"posterior_encoder", "waveform_decoder",
+                                                                  "speaker_encoder"}),
+}
+LOSS_PARTS = {
+    "coqui_fastpitch": {"loss", "loss_spec", "loss_dur", "loss_pitch", "loss_aligner"},
+    "vits": {"loss", "loss_kl", "loss_duration", "loss_mel"},
+    "yourtts": {"loss", "loss_kl", "loss_duration"},
+}
+
+
+# --------------------------------------------------------------------------- tiny zoo folders
+def _audio(config_cls, sample_rate: int, **more):
+    return config_cls(sample_rate=sample_rate, fft_size=1024, win_length=1024, hop_length=256, num_mels=80,
+                      mel_fmin=0.0, mel_fmax=8000.0, **more)
+
+
+def fast_pitch_config(speakers_file: str, sample_rate: int):
+    from TTS.config.shared_configs import BaseAudioConfig
+    from TTS.tts.configs.fast_pitch_config import FastPitchConfig
+    from TTS.tts.models.forward_tts import ForwardTTSArgs
+
+    fft = {"hidden_channels_ffn": 64, "num_heads": 2, "num_layers": 1, "dropout_p": 0.1}
+    args = ForwardTTSArgs(out_channels=80, hidden_channels=32, use_aligner=True, use_pitch=True,
+                          pitch_predictor_hidden_channels=32, duration_predictor_hidden_channels=32,
+                          encoder_type="fftransformer", encoder_params=fft, decoder_type="fftransformer",
+                          decoder_params=dict(fft), use_speaker_embedding=True, speakers_file=speakers_file)
+    audio = _audio(BaseAudioConfig, sample_rate, pitch_fmin=65.0, pitch_fmax=640.0)
+    return FastPitchConfig(model_args=args, audio=audio, use_phonemes=True,
+                           phonemizer="espeak", phoneme_language="en-us", text_cleaner="english_cleaners",
+                           use_speaker_embedding=True, speakers_file=speakers_file)
+
+
+def vits_config(sample_rate: int, **speaker_args):
+    from TTS.config.shared_configs import BaseAudioConfig
+    from TTS.tts.configs.vits_config import VitsConfig
+    from TTS.tts.models.vits import VitsArgs
+
+    args = VitsArgs(hidden_channels=16, hidden_channels_ffn_text_encoder=32, num_heads_text_encoder=2,
+                    num_layers_text_encoder=1, num_layers_posterior_encoder=2, num_layers_flow=1,
+                    upsample_initial_channel_decoder=16, upsample_rates_decoder=[8, 8, 4],
+                    upsample_kernel_sizes_decoder=[16, 16, 8], resblock_kernel_sizes_decoder=[3],
+                    resblock_dilation_sizes_decoder=[[1, 3, 5]], spec_segment_size=8,
+                    init_discriminator=False, **speaker_args)
+    top = {k: v for k, v in speaker_args.items() if k in VitsConfig.__dataclass_fields__}  # mirrored fields
+    multilingual = speaker_args.get("use_language_embedding", False)
+    return VitsConfig(model_args=args, audio=_audio(BaseAudioConfig, sample_rate), use_phonemes=not multilingual,
+                      phonemizer="espeak", phoneme_language="en-us",
+                      text_cleaner="multilingual_cleaners" if multilingual else "english_cleaners", **top)
+
+
+def speaker_encoder(folder: Path, dim: int) -> None:
+    """A coqui ResNet speaker encoder as YourTTS ships it (waveform input, its own spectrogram), saved as
+    ``model_se.pth`` + ``config_se.json``."""
+    from TTS.config.shared_configs import BaseAudioConfig
+    from TTS.encoder.configs.speaker_encoder_config import SpeakerEncoderConfig
+    from TTS.encoder.utils.generic_utils import setup_encoder_model
+
+    audio = BaseAudioConfig(sample_rate=16000, fft_size=512, win_length=400, hop_length=160, num_mels=64,
+                            preemphasis=0.97, do_trim_silence=False)
+    config = SpeakerEncoderConfig(audio=audio, model_params={"model_name": "resnet", "input_dim": 64,
+                                                             "proj_dim": dim, "use_torch_spec": True,
+                                                             "log_input": True},
+                                  num_classes_in_batch=2, num_utter_per_class=2, num_loader_workers=0)
+    torch.save({"model": setup_encoder_model(config).state_dict(), "step": 0}, folder / "model_se.pth")
+    config.save_json(str(folder / "config_se.json"))
+
+
+def moved(config, base: str):
+    """A copy of ``config`` whose file paths (speaker, language and encoder files) point into ``base``."""
+    from tts_adapt.models.zoo import PATH_FIELDS, _field_owners
+
+    config = config.copy()
+    for field_name in PATH_FIELDS:
+        for owner in _field_owners(config, field_name):
+            attr = field_name.split(".")[-1]
+            value = getattr(owner, attr, None)
+            if value:
+                name = Path(value[0] if isinstance(value, list) else value).name
+                setattr(owner, attr, [f"{base}/{name}"] if isinstance(value, list) else f"{base}/{name}")
+    return config
+
+
+def write_zoo_folder(case: dict, folder: Path, speakers: list[str], seed: int = 0) -> Path:
+    """A tiny model of the case's architecture in the layout of a downloaded zoo model."""
+    from TTS.tts.models.forward_tts import ForwardTTS
+    from TTS.tts.models.vits import Vits
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    sr = case["sample_rate"]
+    if case["backend"] in ("coqui_fastpitch", "vits"):
+        (folder / "speaker_ids.json").write_text(json.dumps({s: i for i, s in enumerate(speakers)}))
+    if case["backend"] == "coqui_fastpitch":
+        config = fast_pitch_config("speaker_ids.json", sr)
+    elif case["backend"] == "vits":
+        config = vits_config(sr, use_speaker_embedding=True, speakers_file="speaker_ids.json",
+                             speaker_embedding_channels=8)
+    else:
+        dim = 32
+        g = torch.Generator().manual_seed(seed)
+        d_vectors = {f"{s}_{k:03d}.wav": {"name": s, "embedding": torch.randn(dim, generator=g).tolist()}
+                     for s in speakers for k in range(2)}
+        (folder / "speakers.json").write_text(json.dumps(d_vectors))
+        (folder / "language_ids.json").write_text(json.dumps({"en": 0, "fr-fr": 1, "pt-br": 2}))
+        speaker_encoder(folder, dim)
+        config = vits_config(sr, use_d_vector_file=True, d_vector_file=["speakers.json"], d_vector_dim=dim,
+                             use_language_embedding=True, embedded_language_dim=4,
+                             language_ids_file="language_ids.json", speaker_encoder_model_path="model_se.pth",
+                             speaker_encoder_config_path="config_se.json")
+    model_class = ForwardTTS if case["backend"] == "coqui_fastpitch" else Vits
+    model = model_class(moved(config, str(folder)))
+    # a trained model is no identity flow: perturb the zero-initialised layers as training would
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    # as coqui's save_checkpoint writes it: {"model": state_dict, "config": ..., "step": ...} with torch.save;
+    # config.json names the files where the model was trained, as zoo configs do
+    config = moved(config, TRAINING_MACHINE)
+    torch.save({"model": model.state_dict(), "config": config.to_dict(), "step": 1000, "epoch": 1},
+               folder / case["checkpoint"])
+    config.save_json(str(folder / "config.json"))
+    return folder
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", params=list(ZOO_CASES), ids=list(ZOO_CASES))
+def case(request) -> dict:
+    return ZOO_CASES[request.param]
+
+
+@pytest.fixture(scope="module")
+def corpus_utts(tiny_corpus):
+    from tts_adapt.data.readers import read_dataset
+
+    utts, report = read_dataset(tiny_corpus, "auto", speaker_sets=["pretrain"], splits=["train"])
+    assert report.ok, report.summary()
+    return utts
+
+
+@pytest.fixture(scope="module")
+def zoo_folder(case, corpus_utts, tmp_path_factory) -> Path:
+    speakers = sorted({u.speaker for u in corpus_utts})
+    return write_zoo_folder(case, tmp_path_factory.mktemp("zoo") / case["backend"], speakers)
+
+
+@pytest.fixture(scope="module")
+def backend(zoo_folder) -> TTSBackend:
+    return TTSBackend.from_pretrained(zoo_folder)
+
+
+@pytest.fixture(scope="module")
+def chosen(corpus_utts) -> list:
+    """Two utterances of each of the first four speakers."""
+    out, per_speaker = [], {}
+    for u in corpus_utts:
+        if per_speaker.get(u.speaker, 0) < 2 and (u.speaker in per_speaker or len(per_speaker) < 4):
+            per_speaker[u.speaker] = per_speaker.get(u.speaker, 0) + 1
+            out.append(u)
+    return out
+
+
+@pytest.fixture(scope="module")
+def features(backend, chosen, feature_cache):
+    """Features of the chosen utterances, through the backend's own feature extractor."""
+    feats = backend.extract_features(chosen, feature_cache, progress=False)
+    assert len(feats) == len(chosen) == 8
+    return feats
+
+
+# --------------------------------------------------------------------------- loading
+def test_zoo_folder_loads_into_its_backend(case, backend, zoo_folder):
+    assert backend.name == case["backend"]
+    assert not backend.model.training
+    config = json.loads((zoo_folder / "config.json").read_text())
+    assert backend.audio.sample_rate == config["audio"]["sample_rate"] == case["sample_rate"]
+    state = torch.load(zoo_folder / case["checkpoint"], weights_only=False)["model"]
+    own = backend.model.state_dict()
+    assert own.keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(own[k], v), k
+    assert not hasattr(backend.model, "disc")  # VITS's discriminator is never built: the decoder stays frozen
+    if case["backend"] == "yourtts":
+        assert backend.speakers.kind == "d_vector" and backend.speakers.dim == 32
+        d_vectors = json.loads((zoo_folder / "speakers.json").read_text())
+        name = backend.speakers.names[0]
+        mean = np.mean([v["embedding"] for v in d_vectors.values() if v["name"] == name], axis=0)
+        assert np.allclose(backend.speakers.embeddings[0].numpy(), mean, atol=1e-6)
+    else:
+        assert backend.speakers.kind == "id_table"
+        ids = json.loads((zoo_folder / "speaker_ids.json").read_text())
+        assert backend.speakers.names == sorted(ids, key=ids.get)
+
+
+def test_features_are_coquis(case, backend, features, chosen):
+    """The mel the backend trains on is the one coqui computes for that model."""
+    f = features[0]
+    assert f.mel.shape[1] == 80 and torch.isfinite(f.mel).all()
+    if case["backend"] == "coqui_fastpitch":
+        from TTS.utils.audio import AudioProcessor
+
+        ap = AudioProcessor(backend.config.audio)
+        path = next(u.audio_path for u in chosen if u.utt_id == f.utt_id)
+        expected = torch.from_numpy(ap.melspectrogram(ap.load_wav(path, sr=ap.sample_rate))).T
+        assert torch.allclose(f.mel, expected, atol=1e-2)  # stored as float16
+        assert (f.f0 > 0).any()
+    else:
+        from TTS.utils.audio.torch_transforms import wav_to_mel
+
+        a = backend.config.audio
+        wav = f.extras["wav"]
+        expected = wav_to_mel(wav[None, None], a.fft_size, a.num_mels, a.sample_rate, a.hop_length, a.win_length,
+                              a.mel_fmin, a.mel_fmax, center=False)[0].T
+        assert f.mel.shape == expected.shape and torch.allclose(f.mel, expected, atol=2e-2)
+
+
+# --------------------------------------------------------------------------- loss, synthesis, LoRA
+def test_loss_of_a_batch(case, backend, features):
+    batch = backend.collate(features[:4])
+    backend.model.train()
+    try:
+        loss, parts = backend.loss(batch)
+    finally:
+        backend.model.eval()
+    assert loss.dim() == 0 and torch.isfinite(loss) and loss.requires_grad
+    assert LOSS_PARTS[case["backend"]] <= set(parts), parts
+    assert all(math.isfinite(v) for v in parts.values())
+    # evaluation is reproducible (VITS draws its random segment and posterior sample from a fixed seed)
+    with torch.no_grad():
+        assert float(backend.loss(batch)[0]) == float(backend.loss(batch)[0])
+
+
+def test_synthesis(backend):
+    speaker = backend.speakers.names[0]
+    mel = backend.synthesize_mel(TEXT, speaker=speaker)
+    assert mel.dim() == 2 and mel.shape[0] == 80 and mel.shape[1] > 0 and torch.isfinite(mel).all()
+    assert torch.equal(mel, backend.synthesize_mel(TEXT, speaker=speaker))
+    if getattr(backend, "produces_waveform", False):
+        wav = backend.synthesize_wav(TEXT, speaker=speaker)
+        assert wav.dim() == 1 and wav.numel() > backend.audio.hop_length and torch.isfinite(wav).all()
+
+
+def test_lora_targets(case, backend):
+    adapted, frozen = ADAPTED[case["backend"]]
+    targets = backend.lora_targets()
+    modules = dict(backend.model.named_modules())
+    tops = {t.split(".")[0] for t in targets}
+    assert adapted <= tops and not (tops & frozen), tops
+    for t in targets:
+        m = modules[t]
+        assert isinstance(m, (nn.Linear, nn.Conv1d, nn.MultiheadAttention)), t
+        if isinstance(m, nn.Conv1d):
+            assert m.dilation == (1,) and m.groups == 1, t
+        assert ".post_" not in t, t  # the duration predictor's training-only posterior
+
+
+def _copy(backend):
+    """A backend sharing nothing mutable with ``backend`` (tests below change model and speakers)."""
+    b = copy.copy(backend)
+    b.model = copy.deepcopy(backend.model)
+    return b
+
+
+def test_new_voice_conditioning(case, backend, corpus_utts):
+    """An ID-table model gets a new row (the mean of the others); YourTTS embeds the voice with its own
+    speaker encoder."""
+    b = _copy(backend)
+    clips = [u.audio_path for u in corpus_utts[:2]]
+    if case["backend"] == "yourtts":
+        vec = b.embed_speaker(clips)
+        assert vec.shape == (32,) and torch.isfinite(vec).all()
+        assert b.add_speaker("target", vec) == {}
+        assert torch.equal(b.speakers.embeddings[-1], vec)
+    else:
+        with pytest.raises(ValueError, match="speaker-ID table"):
+            b.embed_speaker(clips)
+        rows = b.model.emb_g.weight.shape[0]
+        assert b.add_speaker("target") == {"emb_g": [rows]}
+        assert b.model.emb_g.weight.shape[0] == rows + 1
+        assert torch.allclose(b.model.emb_g.weight[-1], backend.model.emb_g.weight.mean(0))
+    assert b.speakers.names[-1] == "target"
+    assert b.synthesize_mel(TEXT, speaker="target").shape[0] == 80
+
+
+# --------------------------------------------------------------------------- curvature and adaptation
+def test_kfac_fit_and_two_adaptation_steps(backend, features):
+    from tts_adapt.adapt.lora import lora_factors, lora_parameters, wrap_with_lora
+    from tts_adapt.adapt.penalty import get_strategy
+    from tts_adapt.curvature import fit_curvature
+    from tts_adapt.curvature.hooks import linear_maps
+
+    b = _copy(backend)
+    targets = b.lora_targets()
+    curv = fit_curvature(b, features, method="kfac", batch_size=4, progress=False)
+    maps = {m.name: m for m in linear_maps(b.model, targets)}
+    assert curv.num_utterances == len(features) and [layer.name for layer in curv.layers] == list(maps)
+    for name, m in maps.items():
+        A, G = curv.factors(name)["A"], curv.factors(name)["G"]
+        assert A.shape == (m.in_features, m.in_features) and G.shape == (m.out_features, m.out_features)
+        assert torch.isfinite(A).all() and torch.isfinite(G).all()
+    assert sum(float(curv.factors(n)["G"].trace()) for n in maps) > 0
+
+    # adaptation under the K-FAC penalty: the target as a new voice, two optimiser steps
+    clips = features[:4]
+    trainable = b.add_speaker("target", _target_vector(b))
+    for p in b.model.parameters():
+        p.requires_grad_(False)
+    peft_model = wrap_with_lora(b.model, targets, rank=2, alpha=4.0, trainable_tokens=trainable)
+    penalty = get_strategy("kfac")(curv)
+    penalty.check_layers(lora_factors(peft_model))
+    params = lora_parameters(peft_model)
+    assert len(params) == 2 * len(lora_factors(peft_model)) + (1 if trainable else 0)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    for f in clips:
+        f.speaker = "target"
+    b.model.train()
+    before = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
+    for _ in range(2):
+        tts_loss, _ = b.loss(b.collate(clips))
+        loss = tts_loss + 0.5 * 10.0 * penalty(lora_factors(peft_model))
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    b.model.eval()
+    changed = [k for k, v in peft_model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
+    assert any("lora_B" in k for k in changed)
+    if trainable:
+        assert any("trainable_tokens" in k for k in changed)  # the new speaker row learns
+
+
+def _target_vector(backend):
+    return None if backend.speakers.kind == "id_table" else torch.nn.functional.normalize(torch.randn(32), dim=0)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_zoo_folder_missing_its_checkpoint_or_config(case, zoo_folder, tmp_path):
+    for missing, expected in ((case["checkpoint"], "checkpoint"), ("config.json", r"config\.json")):
+        folder = tmp_path / missing
+        shutil.copytree(zoo_folder, folder)
+        (folder / missing).unlink()
+        with pytest.raises(ModelFolderError, match=expected):
+            TTSBackend.from_pretrained(folder)
+    speaker_file = "speakers.json" if case["backend"] == "yourtts" else "speaker_ids.json"
+    folder = tmp_path / "no-speakers"
+    shutil.copytree(zoo_folder, folder)
+    (folder / speaker_file).unlink()
+    with pytest.raises(ModelFolderError, match=speaker_file.replace(".", r"\.")):
+        TTSBackend.from_pretrained(folder)
+
+
+def test_zoo_names():
+    assert is_zoo_name("tts_models/en/vctk/vits")
+    assert not is_zoo_name("work/base_model") and not is_zoo_name("tts_models/en/vctk")
+    with pytest.raises(ModelFolderError, match="not a coqui-tts model name"):
+        TTSBackend.from_pretrained("tts_models/en/nowhere/nothing")
