@@ -117,22 +117,22 @@ class CloneQueue:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                self._run(job)
+                state, message = self._run(job)
             except Exception as err:  # reported to the user; the worker serves the next run
                 log.exception("clone run %s failed", job.request.name)
-                job._finish("failed", f"cloning failed: {err}")
-            finally:
-                shutil.rmtree(job.request.staging, ignore_errors=True)
-                with self._lock:
-                    self._jobs = [j for j in self._jobs if not j.finished]
+                state, message = "failed", f"cloning failed: {err}"
+            shutil.rmtree(job.request.staging, ignore_errors=True)  # before the job reports its end
+            job._finish(state, message)
+            with self._lock:
+                self._jobs = [j for j in self._jobs if not j.finished]
 
-    def _run(self, job: CloneJob) -> None:
+    def _run(self, job: CloneJob) -> tuple[str, str]:
+        """Train, then publish unless cancelled; returns the final state and a sentence for the user."""
         from tts_adapt.adapt.train import adapt
 
         req = job.request
         if job.cancel_requested:
-            job._finish("cancelled", "cancelled before it started; nothing was saved")
-            return
+            return "cancelled", "cancelled before it started; nothing was saved"
         job.state, job.message = "running", "preparing the clips (speaker embedding, features)"
         t0 = time.time()
 
@@ -145,15 +145,14 @@ class CloneQueue:
         card = adapt(req.clips_dir, out, self.model_dir, req.config, curvature=req.curvature,
                      cache_dir=req.staging / "features", progress=False, min_clips=req.min_clips, on_step=on_step)
         if card["stopped"] == "cancelled" or job.cancel_requested:
-            job._finish("cancelled", f"cancelled at step {card['steps']}; nothing was saved")
-            return
+            return "cancelled", f"cancelled at step {card['steps']}; nothing was saved"
         # the clips are deleted with the staging folder: the card says where they came from instead
         card["target_dir"] = f"{card['train_clips'] + card['val_clips']} clips uploaded to the demo (not kept)"
         write_json_atomic(out / "run.json", card)
         job.card = card
         job.adapter = self.bank.publish(out, req.name)
-        job._finish("done", f"adapter {req.name!r} saved: {card['steps']} steps ({card['stopped']}), best "
-                            f"validation loss {card['best_val_loss']:.4f}, {time.time() - t0:.0f} s")
+        return "done", (f"adapter {req.name!r} saved: {card['steps']} steps ({card['stopped']}), best validation "
+                        f"loss {card['best_val_loss']:.4f}, {time.time() - t0:.0f} s")
 
 
 def curvature_for(strategy: str, paths: list[Path]) -> tuple[Path | None, str]:
