@@ -321,54 +321,52 @@ def test_new_voice_conditioning(case, backend, corpus_utts):
 
 
 # --------------------------------------------------------------------------- curvature and adaptation
-def test_kfac_fit_and_two_adaptation_steps(backend, features):
-    from tts_adapt.adapt.lora import lora_factors, lora_parameters, wrap_with_lora
-    from tts_adapt.adapt.penalty import get_strategy
+def test_kfac_fit_then_two_adaptation_steps_and_reload(case, backend, zoo_folder, features, tiny_target_clips,
+                                                     feature_cache, tmp_path):
+    """K-FAC of every LoRA target on a few utterances; then ``adapt`` (as ``tts-adapt adapt --model <zoo folder>``)
+    for two steps under the K-FAC penalty, and the adapter restored onto a freshly loaded model."""
+    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.train import TARGET_FILE, adapt, load_adapter
     from tts_adapt.curvature import fit_curvature
     from tts_adapt.curvature.hooks import linear_maps
 
-    b = _copy(backend)
-    targets = b.lora_targets()
-    curv = fit_curvature(b, features, method="kfac", batch_size=4, progress=False)
-    maps = {m.name: m for m in linear_maps(b.model, targets)}
+    targets = backend.lora_targets()
+    curv = fit_curvature(_copy(backend), features, method="kfac", batch_size=4, progress=False)
+    maps = {m.name: m for m in linear_maps(backend.model, targets)}
     assert curv.num_utterances == len(features) and [layer.name for layer in curv.layers] == list(maps)
     for name, m in maps.items():
         A, G = curv.factors(name)["A"], curv.factors(name)["G"]
         assert A.shape == (m.in_features, m.in_features) and G.shape == (m.out_features, m.out_features)
         assert torch.isfinite(A).all() and torch.isfinite(G).all()
     assert sum(float(curv.factors(n)["G"].trace()) for n in maps) > 0
+    curv.save(tmp_path / "kfac.safetensors")
 
-    # adaptation under the K-FAC penalty: the target as a new voice, two optimiser steps
-    clips = features[:4]
-    trainable = b.add_speaker("target", _target_vector(b))
-    for p in b.model.parameters():
-        p.requires_grad_(False)
-    peft_model = wrap_with_lora(b.model, targets, rank=2, alpha=4.0, trainable_tokens=trainable)
-    penalty = get_strategy("kfac")(curv)
-    penalty.check_layers(lora_factors(peft_model))
-    params = lora_parameters(peft_model)
-    assert len(params) == 2 * len(lora_factors(peft_model)) + (1 if trainable else 0)
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    for f in clips:
-        f.speaker = "target"
-    b.model.train()
-    before = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
-    for _ in range(2):
-        tts_loss, _ = b.loss(b.collate(clips))
-        loss = tts_loss + 0.5 * 10.0 * penalty(lora_factors(peft_model))
-        assert torch.isfinite(loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    b.model.eval()
-    changed = [k for k, v in peft_model.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
-    assert any("lora_B" in k for k in changed)
-    if trainable:
-        assert any("trainable_tokens" in k for k in changed)  # the new speaker row learns
+    config = AdaptConfig(strategy="kfac", lam=10.0, rank=2, alpha=4.0, steps=2, batch_size=4, lr=1e-2, val_every=2)
+    card = adapt(tiny_target_clips, tmp_path / "adapter", model=zoo_folder, config=config,
+                 curvature=tmp_path / "kfac.safetensors", cache_dir=feature_cache, progress=False)
+    assert card["steps"] == 2 and all(math.isfinite(r["loss"]) and r["penalty"] >= 0 for r in card["curve"])
+    assert card["targets"] == targets
 
+    fresh = TTSBackend.from_pretrained(zoo_folder)
+    base_mel = fresh.synthesize_mel(TEXT, speaker=fresh.speakers.names[0])
+    load_adapter(fresh, tmp_path / "adapter")
+    assert fresh.speakers.names[-1] == "target"
+    lora_b = [p for n, p in fresh.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the trained update came back
+    assert not torch.equal(fresh.synthesize_mel(TEXT, speaker=fresh.speakers.names[0]), base_mel)
+    assert torch.isfinite(fresh.synthesize_mel(TEXT, speaker="target")).all()
+    from safetensors import safe_open
 
-def _target_vector(backend):
-    return None if backend.speakers.kind == "id_table" else torch.nn.functional.normalize(torch.randn(32), dim=0)
+    with safe_open(str(tmp_path / "adapter" / TARGET_FILE), "pt") as fh:
+        saved = {k: fh.get_tensor(k) for k in fh.keys()}
+    if fresh.speakers.kind == "id_table":  # the new row: trained, saved in the adapter, restored
+        row = int(saved["speaker_row"][0])
+        assert row == len(fresh.speakers.names) - 1
+        restored = fresh.model.emb_g(torch.tensor([row]))[0]
+        start = TTSBackend.from_pretrained(zoo_folder).model.emb_g.weight.mean(0)
+        assert not torch.allclose(restored, start)
+    else:  # YourTTS: the target's d-vector from its own speaker encoder
+        assert saved["d_vector"].shape == (32,) and torch.equal(fresh.speakers.embeddings[-1], saved["d_vector"])
 
 
 # --------------------------------------------------------------------------- bad input

@@ -3,7 +3,9 @@
 Output folder::
 
     adapter_config.json, adapter_model.safetensors   peft's adapter files (PeftModel.from_pretrained)
-    target_speaker.safetensors                      the target's conditioning (d-vector)
+    target_speaker.safetensors                      the target's conditioning: its d-vector, or for a
+                                                    speaker-ID-table model the index of its new table row
+                                                    (the row's values are in the adapter file)
     run.json                                        run card: settings, data, steps, wall time, curves, metrics
     checkpoint/                                     resumable state while training (removed at the end)
 """
@@ -25,12 +27,12 @@ from tqdm.auto import tqdm
 
 from tts_adapt import __version__
 from tts_adapt.adapt.config import AdaptConfig
-from tts_adapt.adapt.lora import exact_attention_forward, lora_factors, lora_parameters, wrap_with_lora
+from tts_adapt.adapt.lora import (exact_attention_forward, is_adapter_parameter, lora_factors, lora_parameters,
+                                  wrap_with_lora)
 from tts_adapt.adapt.penalty import get_strategy
 from tts_adapt.adapt.target import MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.base import TTSBackend
-from tts_adapt.models.features import extract_features
 
 log = logging.getLogger(__name__)
 TARGET_FILE = "target_speaker.safetensors"
@@ -51,17 +53,18 @@ def target_d_vector(clips, per_speaker: int = 20) -> torch.Tensor:
     return torch.from_numpy(SpeakerEncoder().embed_speaker([u.audio_path for u in clips[:per_speaker]])).float()
 
 
-def add_target_speaker(backend: TTSBackend, d_vector: torch.Tensor) -> None:
-    """Make the target a speaker of the (wrapped) backend, conditioned on its d-vector."""
-    from tts_adapt.models.speakers import SpeakerTable
+def add_target_speaker(backend: TTSBackend, d_vector: torch.Tensor | None) -> dict[str, list[int]]:
+    """Make the target a speaker of the (wrapped) backend: conditioned on its d-vector, or (a speaker-ID-table
+    model, ``d_vector`` None) on a new row of the speaker table, initialised to the mean of the known speakers'
+    rows. Returns the rows to train with the adapter (``{embedding module: [row]}``; empty for d-vectors)."""
+    return backend.add_speaker(TARGET_NAME, d_vector, sets="target")
 
-    table = backend.speakers
-    if table.kind != "d_vector":
-        raise ValueError("adapting a speaker-ID-table model needs a new table row; only d-vector models are "
-                         "supported by this release")
-    names = [n for n in table.names if n != TARGET_NAME] + [TARGET_NAME]
-    emb = torch.cat([table.embeddings[[table.names.index(n) for n in names[:-1]]], d_vector[None]])
-    backend.speakers = SpeakerTable("d_vector", names, emb, {**table.sets, TARGET_NAME: "target"})
+
+def target_conditioning(backend: TTSBackend, clips, per_speaker: int = 20) -> torch.Tensor | None:
+    """The target's d-vector from the model's own speaker encoder (None for a speaker-ID-table model)."""
+    if backend.speakers.kind != "d_vector":
+        return None
+    return backend.embed_speaker([u.audio_path for u in clips[:per_speaker]])
 
 
 def _validation_loss(backend, feats, batch_size) -> float:
@@ -130,20 +133,19 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     if config.strategy == "lora" and config.lam:
         log.warning("strategy lora has no penalty; lam=%s is ignored", config.lam)
 
-    d_vec = target_d_vector(train_clips)
-    add_target_speaker(backend, d_vec)
+    d_vec = target_conditioning(backend, train_clips)
+    trainable_rows = add_target_speaker(backend, d_vec)
     cache = Path(cache_dir or os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
-    feats = extract_features(train_clips, cache, backend.audio, backend.text_to_ids, backend.text_config,
-                             report=report, progress=progress)
-    val_feats = extract_features(val_clips, cache, backend.audio, backend.text_to_ids, backend.text_config,
-                                 report=report, progress=progress)
+    feats = backend.extract_features(train_clips, cache, report=report, progress=progress)
+    val_feats = backend.extract_features(val_clips, cache, report=report, progress=progress)
     for f in feats + val_feats:
         f.speaker = TARGET_NAME
 
     targets = targets or (list(curv.targets) if curv is not None else backend.lora_targets())
     for p in backend.model.parameters():
         p.requires_grad_(False)
-    peft_model = wrap_with_lora(backend.model, targets, config.rank, config.alpha, seed=config.seed)
+    peft_model = wrap_with_lora(backend.model, targets, config.rank, config.alpha, seed=config.seed,
+                                trainable_tokens=trainable_rows)
     penalty = strategy_cls(curv, damping=config.damping)
     penalty.check_layers(lora_factors(peft_model))
     params = lora_parameters(peft_model)
@@ -200,7 +202,7 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
             row["val_loss"] = _validation_loss(backend, val_feats, config.batch_size)
             if row["val_loss"] < best_val - 1e-4:
                 best_val, bad_validations = row["val_loss"], 0
-                best = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+                best = {k: v.detach().clone() for k, v in peft_model.named_parameters() if is_adapter_parameter(k)}
             else:
                 bad_validations += 1
         curve.append(row)
@@ -239,23 +241,30 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     return card
 
 
-def save_adapter(out: Path, peft_model, d_vector: torch.Tensor, card: dict) -> None:
-    """peft adapter files, the target's d-vector and the run card, each written atomically."""
+def save_adapter(out: Path, peft_model, d_vector: torch.Tensor | None, card: dict) -> None:
+    """peft adapter files, the target's conditioning and the run card, each written atomically. For a
+    speaker-ID-table model (``d_vector`` None) the conditioning file records the target's table row."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".saving"
     peft_model.save_pretrained(str(tmp))
     for name in ("adapter_config.json", "adapter_model.safetensors"):  # os.replace: atomic per file
         (tmp / name).replace(out / name)
     shutil.rmtree(tmp)  # peft also writes a template README.md; the run card is run.json
+    if d_vector is not None:
+        tensors, kind = {"d_vector": d_vector.contiguous()}, "d_vector"
+    else:
+        rows = [i for cfg in peft_model.peft_config.values() for r in (cfg.trainable_token_indices or {}).values()
+                for i in r]
+        tensors, kind = {"speaker_row": torch.tensor(rows, dtype=torch.long)}, "id_table"
     with atomic_path(out / TARGET_FILE) as t:
-        save_file({"d_vector": d_vector.contiguous()}, str(t), metadata={"name": TARGET_NAME})
+        save_file(tensors, str(t), metadata={"name": TARGET_NAME, "kind": kind})
     write_json_atomic(out / "run.json", card)
 
 
 def _save_checkpoint(ckpt: Path, peft_model, optimizer, step, epoch, position, best_val, bad_validations, curve,
                      best, config) -> None:
     """Everything needed to resume, in one file written atomically (a kill -9 leaves the previous one)."""
-    lora = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+    lora = {k: v.detach().clone() for k, v in peft_model.named_parameters() if is_adapter_parameter(k)}
     with atomic_path(ckpt / STATE_FILE) as t:
         torch.save({"lora": lora, "best": best, "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
                     "position": position, "best_val": best_val, "bad_validations": bad_validations,
@@ -274,8 +283,15 @@ def load_adapter(backend: TTSBackend, adapter_dir: str | Path) -> TTSBackend:
         if not (adapter_dir / name).is_file():
             raise FileNotFoundError(f"{adapter_dir}: missing {name} (not an adapter folder written by tts-adapt adapt)")
     with safe_open(str(adapter_dir / TARGET_FILE), "pt") as fh:
-        d_vector = fh.get_tensor("d_vector")
-    add_target_speaker(backend, d_vector)
+        d_vector = fh.get_tensor("d_vector") if "d_vector" in fh.keys() else None
+        saved_rows = fh.get_tensor("speaker_row").tolist() if "speaker_row" in fh.keys() else []
+    if (d_vector is None) != (backend.speakers.kind == "id_table"):
+        raise ValueError(f"{adapter_dir}: an adapter of a {'speaker-ID-table' if d_vector is None else 'd-vector'} "
+                         f"model cannot go on this {backend.speakers.kind.replace('_', '-')} model")
+    rows = add_target_speaker(backend, d_vector)  # the new row's trained values come with the adapter
+    if saved_rows and sum(rows.values(), []) != saved_rows:
+        raise ValueError(f"{adapter_dir}: the adapter's speaker row {saved_rows} is not the row the target gets on "
+                         f"this model {sum(rows.values(), [])}; was the adapter made on another model?")
     peft_model = PeftModel.from_pretrained(backend.model, str(adapter_dir), adapter_name="default", is_trainable=False)
     exact_attention_forward(peft_model)  # peft's own attention forward adds out_proj's update twice
     backend.model.eval()

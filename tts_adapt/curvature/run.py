@@ -23,28 +23,47 @@ log = logging.getLogger(__name__)
 SAVE_EVERY_BATCHES = 10
 
 
-def condition_unknown_speakers(backend, utts: list, progress: bool = True) -> list:
+def condition_unknown_speakers(backend, utts: list, progress: bool = True, per_speaker: int = 10) -> list:
     """Make every speaker of ``utts`` speakable by ``backend`` (in memory): a d-vector model gets
-    d-vectors of speakers it has not seen (e.g. curvature data from another corpus); an ID-table
-    model cannot condition on them, so their utterances are left out with a warning."""
-    import numpy as np
-    import torch
+    d-vectors of speakers it has not seen (e.g. curvature data from another corpus), from its own
+    speaker encoder (``backend.embed_speaker``: resemblyzer for the toolkit's models, the model's
+    encoder for YourTTS); an ID-table model cannot condition on them, so their utterances are left
+    out with a warning."""
+    from collections import defaultdict
 
-    from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
+    import torch
+    from tqdm.auto import tqdm
+
+    from tts_adapt.models.speakers import SpeakerTable
 
     table = backend.speakers
-    unknown = sorted({u.speaker for u in utts} - set(table.names))
+    unknown = sorted(s for s in {u.speaker for u in utts} if not _known(table, s))
     if not unknown:
         return utts
     if table.kind == "id_table":
-        kept = [u for u in utts if u.speaker in table.names]
+        kept = [u for u in utts if u.speaker not in unknown]
         log.warning("%d utterance(s) of %d speaker(s) the model has no ID for are left out (%s)",
                     len(utts) - len(kept), len(unknown), ", ".join(unknown[:5]))
         return kept
-    vectors = speaker_d_vectors([u for u in utts if u.speaker in unknown], progress=progress)
-    emb = torch.cat([table.embeddings, torch.from_numpy(np.stack([vectors[n] for n in unknown])).float()])
+    clips = defaultdict(list)
+    for u in utts:
+        if u.speaker in unknown and len(clips[u.speaker]) < per_speaker:
+            clips[u.speaker].append(u.audio_path)
+    vectors = [backend.embed_speaker(clips[n]).float() for n in tqdm(unknown, desc="speaker embeddings", unit="spk",
+                                                                    disable=not progress)]
+    emb = torch.cat([table.embeddings, torch.stack(vectors)])
     backend.speakers = SpeakerTable("d_vector", table.names + unknown, emb, table.sets)
     return utts
+
+
+def _known(table, speaker: str) -> bool:
+    from tts_adapt.models.speakers import UnknownSpeakerError
+
+    try:
+        table.index(speaker)
+        return True
+    except UnknownSpeakerError:
+        return False
 
 
 def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Path, *, method: str = "kfac",
@@ -55,7 +74,6 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
     """Fit and save; returns (curvature, timing summary)."""
     from tts_adapt.data.readers import read_dataset
     from tts_adapt.models.base import TTSBackend
-    from tts_adapt.models.features import extract_features
     from tts_adapt.models.pretrain import init_distributed
     from tts_adapt.models.synthesis import default_model_dir
 
@@ -75,8 +93,8 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
                     num_utterances)
     utts = condition_unknown_speakers(backend, utts, progress=progress and rank == 0)
     cache = Path(cache_dir or os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
-    features = extract_features(utts, cache, backend.audio, backend.text_to_ids, backend.text_config, report=report,
-                                workers=workers if rank == 0 else 1, progress=progress and rank == 0, lazy=True)
+    features = backend.extract_features(utts, cache, report=report, workers=workers if rank == 0 else 1,
+                                        progress=progress and rank == 0, lazy=True)
     state_path = out.with_name(out.name + (f".state{rank}" if world > 1 else ".state"))
     state = FitState.load(state_path) if state_path.is_file() else FitState()
     if state.key and progress and rank == 0:

@@ -203,7 +203,9 @@ class TTSBackend(ABC):
 
         if self.speakers.kind != "d_vector":
             raise ValueError("this model uses a speaker-ID table; it has no speaker encoder for new voices")
-        return torch.from_numpy(SpeakerEncoder().embed_speaker([str(p) for p in audio_paths])).float()
+        if getattr(self, "_speaker_encoder", None) is None:
+            self._speaker_encoder = SpeakerEncoder()
+        return torch.from_numpy(self._speaker_encoder.embed_speaker([str(p) for p in audio_paths])).float()
 
     def add_speaker(self, name: str, d_vector: torch.Tensor | None = None, *, sets: str = "target"
                     ) -> dict[str, list[int]]:

@@ -54,9 +54,14 @@ class SpeakerTable:
         return int(self.embeddings.shape[1]) if self.embeddings is not None else 0
 
     def index(self, name: str) -> int:
+        """Row of speaker ``name``. A name the table lacks also matches a single table name ending in
+        ``_<name>``: coqui's zoo models name VCTK's speakers ``VCTK_p225`` where the reader says ``p225``."""
         try:
             return self.names.index(name)
         except ValueError:
+            prefixed = [i for i, n in enumerate(self.names) if n.endswith("_" + name)]
+            if len(prefixed) == 1:
+                return prefixed[0]
             shown = ", ".join(self.names[:12]) + (" ..." if len(self.names) > 12 else "")
             raise UnknownSpeakerError(f"{name!r} is not a speaker of the model; known speakers: {shown}") from None
 

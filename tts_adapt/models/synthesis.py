@@ -33,8 +33,10 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in pysbd.Segmenter(language="en", clean=True).segment(text) if s.strip()]
 
 
-def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int) -> torch.Tensor:
-    """Speaker embedding ``(256,)`` from reference recordings; silent, unreadable or too short
+def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int, backend: TTSBackend | None = None
+                       ) -> torch.Tensor:
+    """Speaker embedding from reference recordings: resemblyzer's ``(256,)``, or with ``backend`` the
+    embedding of that model's own speaker encoder (e.g. YourTTS's). Silent, unreadable or too short
     references are refused with the file and the reason."""
     from tts_adapt.evaluate.speaker import SpeakerEncoder
 
@@ -44,11 +46,14 @@ def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int) -> torch.Te
     checks = AudioChecks(sample_rate=sample_rate, min_duration=MIN_REFERENCE_SECONDS)
     for w in wavs:
         check_audio(Utterance(str(w), "", "reference"), report, checks)
+    if backend is not None:
+        return backend.embed_speaker([str(w) for w in wavs]).float()
     return torch.from_numpy(SpeakerEncoder().embed_speaker([str(w) for w in wavs])).float()
 
 
 class Synthesizer:
-    """A model folder plus a vocoder (Griffin-Lim unless a coqui HiFi-GAN folder is given)."""
+    """A model (a folder, or a coqui zoo name) plus a vocoder (Griffin-Lim unless a coqui HiFi-GAN folder is
+    given). A model that makes waveforms itself (VITS) is not vocoded."""
 
     def __init__(self, model: str | Path | TTSBackend | None = None, vocoder: str | Path | None = None,
                  griffin_lim_iters: int = 32, adapter: str | Path | None = None):
@@ -86,10 +91,21 @@ class Synthesizer:
     def speak(self, text: str, speaker: str | None = None, speaker_wavs: Sequence[str | Path] | None = None,
               length_scale: float = 1.0) -> np.ndarray:
         """Waveform ``(samples,)`` float32 at :attr:`sample_rate`."""
-        d_vector = reference_d_vector(speaker_wavs, self.sample_rate) if speaker_wavs else None
+        d_vector = reference_d_vector(speaker_wavs, self.sample_rate, self.backend) if speaker_wavs else None
         if d_vector is None and speaker is None:  # an adapter's own voice, else the first speaker
             names = self.backend.speakers.names
             speaker = "target" if "target" in names else names[0]
-        mel = self.mel(text, speaker=None if d_vector is not None else speaker, d_vector=d_vector,
-                       length_scale=length_scale)
+        speaker = None if d_vector is not None else speaker
+        if getattr(self.backend, "produces_waveform", False):
+            sentences = split_sentences(text)
+            if not sentences:
+                raise ValueError("text is empty: nothing to synthesise")
+            pause = torch.zeros(int(PAUSE_SECONDS * self.sample_rate))
+            parts = []
+            for i, s in enumerate(sentences):
+                parts += [pause] if i else []
+                parts.append(self.backend.synthesize_wav(s, speaker=speaker, d_vector=d_vector,
+                                                         length_scale=length_scale))
+            return torch.cat(parts).cpu().numpy().astype(np.float32)
+        mel = self.mel(text, speaker=speaker, d_vector=d_vector, length_scale=length_scale)
         return self.vocoder(mel).cpu().numpy().astype(np.float32)
