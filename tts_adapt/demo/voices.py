@@ -40,9 +40,10 @@ class Voice:
     adapters: tuple[str, ...] = ()  # adapters trained on this voice
 
 
-def _target_d_vector(adapter: Adapter) -> torch.Tensor:
+def _target_d_vector(adapter: Adapter) -> torch.Tensor | None:
+    """The target's d-vector ``(dim,)``; ``None`` for an adapter of a speaker-ID-table model."""
     with safe_open(str(adapter.path / TARGET_FILE), "pt") as fh:
-        return fh.get_tensor("d_vector").float()
+        return fh.get_tensor("d_vector").float() if "d_vector" in fh.keys() else None
 
 
 class VoiceModels:
@@ -85,11 +86,12 @@ class VoiceModels:
 
     def voices(self) -> list[Voice]:
         """Target voices of the bank's adapters first, then the old speakers, then a reference clip."""
-        groups: list[tuple[torch.Tensor, list[str]]] = []
+        groups: list[tuple[torch.Tensor | None, list[str]]] = []
         for adapter in self.bank.adapters():
             d = _target_d_vector(adapter)
             for vec, names in groups:
-                if torch.nn.functional.cosine_similarity(vec, d, dim=0) >= SAME_VOICE_COSINE:
+                if d is not None and vec is not None and \
+                        torch.nn.functional.cosine_similarity(vec, d, dim=0) >= SAME_VOICE_COSINE:
                     names.append(adapter.name)
                     break
             else:
@@ -126,7 +128,7 @@ class VoiceModels:
         elif model in voice.adapters:
             kwargs = {"speaker": TARGET_NAME}
         else:
-            if synth.backend.speakers.kind != "d_vector":
+            if synth.backend.speakers.kind != "d_vector" or voice.d_vector is None:
                 raise ValueError(f"model {model!r} has a speaker-ID table: it cannot speak a new voice zero-shot")
             kwargs = {"d_vector": voice.d_vector}
         with self._run_lock, torch.inference_mode():
