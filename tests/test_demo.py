@@ -23,7 +23,7 @@ from tts_adapt.adapt.config import AdaptConfig
 from tts_adapt.adapt.train import adapt
 from tts_adapt.demo.app import MAX_SLOTS, DemoService, build_app, launch
 from tts_adapt.demo.bank import AdapterBank
-from tts_adapt.demo.uploads import Clip, UploadError, check_clips, transcripts_from_files
+from tts_adapt.demo.uploads import Clip, UploadError, check_clips, clips_from_upload, transcripts_from_files
 
 TEXT = "A short test sentence."
 EMPTY_TABLE = {"headers": ["clip", "transcript"], "data": []}
@@ -228,6 +228,29 @@ def test_check_clips_lists_every_bad_clip(tmp_path):
     assert "short.wav: too short" in message and "narrow.wav: recorded at 8000 Hz" in message
     assert "untold.wav: no transcript" in message and "odd.wav: transcript has characters outside" in message
     assert "ok.wav:" not in message
+
+
+def test_recordings_join_the_uploads_with_their_prompts(tmp_path):
+    t = np.arange(16000) / 16000
+    sf.write(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    (tmp_path / "a.txt").write_text("Uploaded.")
+    clips = clips_from_upload([tmp_path / "a.wav", tmp_path / "a.txt"], [["a.wav", ""]],
+                              [(str(tmp_path / "a.wav"), "Read aloud.")])
+    assert [(c.name, c.text) for c in clips] == [("a.wav", "Uploaded."), ("recording 1", "Read aloud.")]
+    with pytest.raises(UploadError, match="unsupported file type: notes.pdf"):
+        clips_from_upload([tmp_path / "notes.pdf"])
+
+
+def test_demo_command_binds_to_localhost_by_default(monkeypatch, tmp_path):
+    import tts_adapt.demo.app as demo_app
+    from tts_adapt.cli import main
+
+    calls = []
+    monkeypatch.setattr(demo_app, "run_demo", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert main(["demo", "--adapters", str(tmp_path), "--port", "7999"]) == 0
+    (host, port, model, adapters, curvature), options = calls[0]
+    assert (host, port, model, adapters) == ("127.0.0.1", 7999, None, tmp_path)
+    assert curvature[0].name == "kfac.safetensors" and options["min_clips"] == 5
 
 
 def test_metadata_csv_transcripts_and_txt_precedence(tmp_path):
