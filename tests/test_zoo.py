@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tts_adapt.models import ModelFolderError, TTSBackend
-from tts_adapt.models.zoo import is_zoo_name
+from tts_adapt.models.zoo import SUPPORTED_MODELS, is_zoo_name
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 #: A path from the machine the model was trained on, as zoo configs carry them.
@@ -273,9 +273,15 @@ def test_synthesis(backend):
     mel = backend.synthesize_mel(TEXT, speaker=speaker)
     assert mel.dim() == 2 and mel.shape[0] == 80 and mel.shape[1] > 0 and torch.isfinite(mel).all()
     assert torch.equal(mel, backend.synthesize_mel(TEXT, speaker=speaker))
-    if getattr(backend, "produces_waveform", False):
+    if backend.produces_waveform:
         wav = backend.synthesize_wav(TEXT, speaker=speaker)
         assert wav.dim() == 1 and wav.numel() > backend.audio.hop_length and torch.isfinite(wav).all()
+    # through the Synthesizer (sentences, vocoder unless the model makes its own waveform)
+    from tts_adapt.models.synthesis import Synthesizer
+
+    audio = Synthesizer(backend, griffin_lim_iters=4).speak("Two sentences. Spoken here.", speaker=speaker)
+    assert audio.dtype == np.float32 and audio.ndim == 1 and np.isfinite(audio).all()
+    assert len(audio) > 0.25 * backend.audio.sample_rate  # at least the pause between the sentences
 
 
 def test_lora_targets(case, backend):
@@ -386,7 +392,37 @@ def test_zoo_folder_missing_its_checkpoint_or_config(case, zoo_folder, tmp_path)
 
 
 def test_zoo_names():
-    assert is_zoo_name("tts_models/en/vctk/vits")
+    assert is_zoo_name("tts_models/en/vctk/vits") and is_zoo_name("vocoder_models/en/vctk/hifigan_v2", "vocoder_models")
     assert not is_zoo_name("work/base_model") and not is_zoo_name("tts_models/en/vctk")
     with pytest.raises(ModelFolderError, match="not a coqui-tts model name"):
         TTSBackend.from_pretrained("tts_models/en/nowhere/nothing")
+
+
+def test_a_zoo_name_loads_the_folder_coquis_manager_returns(case, zoo_folder, monkeypatch):
+    """By name, through coqui's ModelManager (here returning its already downloaded copy): the same loader."""
+    from TTS.utils.manage import ModelManager
+
+    names = {backend: name for name, backend in SUPPORTED_MODELS.items()}
+    asked = []
+
+    def cached(self, name):
+        asked.append(name)
+        return zoo_folder / case["checkpoint"], zoo_folder / "config.json", {}
+
+    monkeypatch.setattr(ModelManager, "download_model", cached)
+    backend = TTSBackend.from_pretrained(names[case["backend"]])
+    assert asked == [names[case["backend"]]] and backend.name == case["backend"]
+    assert backend.info["zoo_folder"] == str(zoo_folder)
+
+
+def test_a_zoo_name_without_network_says_what_to_do(monkeypatch):
+    import requests
+    from TTS.utils.manage import ModelManager
+
+    def offline(self, name):
+        raise requests.ConnectionError("Failed to resolve 'github.com'")
+
+    monkeypatch.setattr(ModelManager, "download_model", offline)
+    with pytest.raises(ModelFolderError, match="connected machine") as err:
+        TTSBackend.from_pretrained("tts_models/en/vctk/vits")
+    assert "tts_models--en--vctk--vits" in str(err.value) and "ConnectionError" in str(err.value)

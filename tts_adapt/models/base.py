@@ -87,6 +87,8 @@ class TTSBackend(ABC):
     name: ClassVar[str]
     #: the attribute of the coqui model holding its speaker-ID embedding table (ID-table models)
     speaker_embedding_module: ClassVar[str] = "emb_g"
+    #: True for a model that makes the waveform itself (VITS: ``synthesize_wav``), which no vocoder follows
+    produces_waveform: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, audio: AudioConfig, stats: FeatureStats, speakers: SpeakerTable,
                  info: dict | None = None):

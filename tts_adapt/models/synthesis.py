@@ -65,6 +65,8 @@ class Synthesizer:
             load_adapter(self.backend, adapter)
         self.backend.model.eval()
         audio = self.backend.audio
+        if vocoder and self.backend.produces_waveform:
+            raise ValueError(f"a {self.backend.name} model makes its waveform itself; it takes no vocoder")
         self.vocoder = HifiganVocoder(vocoder, audio) if vocoder else GriffinLimVocoder(audio, n_iter=griffin_lim_iters)
 
     @property
@@ -96,7 +98,7 @@ class Synthesizer:
             names = self.backend.speakers.names
             speaker = "target" if "target" in names else names[0]
         speaker = None if d_vector is not None else speaker
-        if getattr(self.backend, "produces_waveform", False):
+        if self.backend.produces_waveform:
             sentences = split_sentences(text)
             if not sentences:
                 raise ValueError("text is empty: nothing to synthesise")

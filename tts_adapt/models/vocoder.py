@@ -42,7 +42,8 @@ class GriffinLimVocoder:
 
 
 class HifiganVocoder:
-    """A coqui-tts HiFi-GAN checkpoint folder (``config.json`` + ``model.pth``/``best_model.pth``).
+    """A coqui-tts HiFi-GAN checkpoint folder (``config.json`` + ``model.pth``/``best_model.pth``), or a coqui
+    vocoder name (``vocoder_models/en/vctk/hifigan_v2``) resolved as zoo models are.
 
     The vocoder must have been trained on the same mel features (rate, FFT, hop,
     mels); its config is checked against the toolkit's audio config.
@@ -52,6 +53,10 @@ class HifiganVocoder:
         from TTS.config import load_config
         from TTS.vocoder.models import setup_model
 
+        from tts_adapt.models import zoo
+
+        if zoo.is_zoo_name(folder, "vocoder_models"):  # e.g. vocoder_models/en/vctk/hifigan_v2, through coqui's manager
+            folder = zoo.download(str(folder))
         folder = Path(folder)
         config_path = folder / "config.json"
         ckpts = [p for p in (folder / "model.pth", folder / "best_model.pth", folder / "model_file.pth") if p.is_file()]

@@ -60,10 +60,11 @@ PATH_FIELDS = {
 
 
 # --------------------------------------------------------------------------- names and folders
-def is_zoo_name(model: str | Path) -> bool:
-    """True for a coqui model name (``tts_models/<language>/<dataset>/<model>``) that is not a local path."""
+def is_zoo_name(model: str | Path, kind: str = "tts_models") -> bool:
+    """True for a coqui model name (``tts_models/<language>/<dataset>/<model>``, or of another ``kind`` such
+    as ``vocoder_models``) that is not a local path."""
     text = str(model)
-    return text.startswith("tts_models/") and len(text.split("/")) == 4 and not Path(text).exists()
+    return text.startswith(kind + "/") and len(text.split("/")) == 4 and not Path(text).exists()
 
 
 def download(name: str) -> Path:
@@ -85,7 +86,7 @@ def download(name: str) -> Path:
             f"download it on a connected machine (python -c \"from TTS.utils.manage import ModelManager; "
             f"ModelManager().download_model('{name}')\" puts it in {cache}), copy that folder here and pass "
             "its path instead of the name") from None
-    if name not in SUPPORTED_MODELS:
+    if name.startswith("tts_models/") and name not in SUPPORTED_MODELS:
         log.warning("%s is not one of the zoo models this toolkit is tested with (%s); loading it by its "
                     "architecture", name, ", ".join(SUPPORTED_MODELS))
     return Path(checkpoint).parent
