@@ -375,6 +375,20 @@ def test_kfac_fit_then_two_adaptation_steps_and_reload(case, backend, zoo_folder
         assert saved["d_vector"].shape == (32,) and torch.equal(fresh.speakers.embeddings[-1], saved["d_vector"])
 
 
+def test_create_builds_a_new_model_of_a_coqui_config():
+    from tts_adapt.models import get_backend
+
+    config = vits_config(16000, use_speaker_embedding=True, speaker_embedding_channels=8)
+    config.speakers = ["VCTK_p225", "VCTK_p226"]
+    backend = get_backend("vits").create(config=config)
+    assert backend.speakers.names == ["VCTK_p225", "VCTK_p226"] and backend.audio.sample_rate == 16000
+    assert backend.speakers.index("p226") == 1  # the VCTK reader's name of coqui's VCTK_p226
+    with pytest.raises(ValueError, match="coqui config"):
+        get_backend("vits").create()
+    with pytest.raises(ModelFolderError, match="adapter"):
+        backend.save_pretrained("anywhere")
+
+
 # --------------------------------------------------------------------------- bad input
 def test_zoo_folder_missing_its_checkpoint_or_config(case, zoo_folder, tmp_path):
     for missing, expected in ((case["checkpoint"], "checkpoint"), ("config.json", r"config\.json")):
