@@ -27,6 +27,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
     types, defaults and help."""
     parser.add_argument("--config", type=Path, help="YAML file with the settings below (flags override it)")
     for f in dataclasses.fields(config_cls):
+        if isinstance(f.default, tuple):  # lists are given comma-separated; the config parses them
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=str, default=None,
+                                help=f"{f.metadata['help']} (default: {','.join(map(str, f.default))})")
+            continue
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
                             help=f"{f.metadata['help']} (default: {f.default})")
 
@@ -143,12 +147,23 @@ def cmd_adapt(args) -> int:
 
 # ----------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args) -> int:
+    if args.adapter is not None:
+        from tts_adapt.evaluate.adapter import evaluate_adapter, to_markdown
+
+        report = evaluate_adapter(args.adapter, args.out, model=args.model, target_dir=args.target_dir,
+                                  data=args.data, layout=args.layout, old_speakers=args.old_speakers,
+                                  unseen_speakers=args.unseen_speakers, per_speaker=args.per_speaker or 2,
+                                  images=args.images, cache_dir=args.cache_dir, progress=not args.quiet)
+        out = Path(args.out) if args.out else Path(args.adapter) / "eval"
+        print(to_markdown(report))
+        print(f"report written to {out / 'report.json'} and {out / 'report.md'}")
+        return 0
     from tts_adapt.evaluate.report import evaluate_base_model
 
-    if args.adapter is not None:
-        raise CommandNotAvailable("evaluating adapters is not available yet; without --adapter, "
-                                  "'tts-adapt evaluate' scores the model itself")
-    report = evaluate_base_model(args.model, args.data, args.out, per_speaker=args.per_speaker,
+    if args.data is None or args.out is None:
+        raise ValueError("scoring the model's voices needs --data (the embedded corpus) and --out; "
+                         "with --adapter DIR, the adapter is evaluated against the base model")
+    report = evaluate_base_model(args.model, args.data, args.out, per_speaker=args.per_speaker or 3,
                                  speaker_sets=tuple(args.sets.split(",")), max_speakers=args.max_speakers,
                                  progress=not args.quiet)
     print(report["markdown"])
@@ -159,6 +174,38 @@ def cmd_evaluate(args) -> int:
         card = write_model_card(args.model or default_model_dir(), args.out)
         print(f"model card written to {card}")
     print(f"report written to {Path(args.out) / 'report.json'} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- prepare-target, sweep
+def cmd_prepare_target(args) -> int:
+    from tts_adapt.data.target import prepare_target
+
+    t = prepare_target(args.data, args.speaker, args.out, clips=args.clips, heldout=args.heldout,
+                       layout=args.layout, seed=args.seed)
+    print(f"{t.speaker}: {t.clips} adaptation clips in {t.clips_dir}, {t.heldout} held-out clips in {t.heldout_dir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from tts_adapt.evaluate.sweep import SweepConfig, run_sweep
+
+    config = config_from_args(args, SweepConfig, "sweep")
+    data = args.data
+    if data is None and args.target_dir is None:  # the embedded default, built (or reused) in the workdir
+        from tts_adapt.data.corpus import CorpusConfig, build_corpus
+
+        data = args.workdir / "corpus"
+        print(build_corpus(data, CorpusConfig(), progress=not args.quiet))
+    summary = run_sweep(args.out, config, model=args.model, data=data, layout=args.layout,
+                        target_speaker=args.target_speaker, target_dir=args.target_dir, heldout_dir=args.heldout_dir,
+                        curvature_data=args.curvature_data, cache_dir=args.cache_dir, publish=args.publish,
+                        progress=not args.quiet)
+    from tts_adapt.evaluate.sweep import to_markdown
+
+    print(to_markdown(summary["cells"], summary))
+    print(f"table: {Path(args.out) / 'table.md'} (and .csv); plot: {Path(args.out) / 'pareto.png'}; "
+          f"{summary['seconds']:.0f} s")
     return 0
 
 
@@ -313,30 +360,70 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, AdaptConfig)
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("evaluate", help="score a model's voices: MCD-DTW and speaker similarity",
-                       description="Synthesise the held-out sentences of every speaker of the embedded corpus "
-                                   "(trained speakers by name, unseen speakers zero-shot) and compare with the "
-                                   "real recordings: MCD-DTW and speaker similarity against all other speakers.")
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped base model)")
-    p.add_argument("--adapter", type=Path, default=None, help="adapter folder (not available yet)")
-    p.add_argument("--data", required=True, type=Path, help="the embedded corpus (with manifest.csv)")
-    p.add_argument("--out", required=True, type=Path, help="report folder")
-    p.add_argument("--per-speaker", type=int, default=3, help="held-out utterances per speaker (default: 3)")
-    p.add_argument("--sets", default="pretrain,unseen", help="speaker sets to score (default: pretrain,unseen)")
-    p.add_argument("--max-speakers", type=int, default=None, help="score only the first N speakers of each run")
+    p = sub.add_parser("evaluate", help="measure an adapter's learning and forgetting, or score a model's voices",
+                       description="With --adapter: synthesise the target's held-out clips and held-out sentences "
+                                   "of old and unseen speakers with the base model and the adapted model, and "
+                                   "report MCD-DTW, F0 RMSE, voicing error, speaker similarity and the "
+                                   "teacher-forced mel loss of both, with the change (report.json, report.md, "
+                                   "mel-spectrogram images). Without: score every voice of the embedded corpus "
+                                   "(MCD-DTW, similarity against all other speakers) for the model card.")
+    p.add_argument("--model", type=Path, default=None,
+                   help="base model folder (default: the adapter's base model, else the shipped model)")
+    p.add_argument("--adapter", type=Path, default=None, help="adapter folder (tts-adapt adapt --out)")
+    p.add_argument("--target-dir", type=Path, default=None,
+                   help="held-out clips of the target speaker (default: from tts-adapt prepare-target)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset of the old and unseen speakers (any layout; the embedded corpus for the card)")
+    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default with --adapter: ADAPTER/eval)")
+    p.add_argument("--per-speaker", type=int, default=None,
+                   help="held-out utterances per speaker (default: 2 with --adapter, else 3)")
+    p.add_argument("--old-speakers", type=int, default=8, help="old speakers to measure forgetting on (default: 8)")
+    p.add_argument("--unseen-speakers", type=int, default=6, help="unseen voices, zero-shot (default: 6)")
+    p.add_argument("--images", type=int, default=3, help="mel-spectrogram comparison images (default: 3)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature and score cache (default: ~/.cache/tts_adapt)")
+    p.add_argument("--sets", default="pretrain,unseen", help="without --adapter: speaker sets to score")
+    p.add_argument("--max-speakers", type=int, default=None, help="without --adapter: only the first N speakers")
     p.add_argument("--write-card", action="store_true",
-                   help="also write MODEL_CARD.md (with these scores) into the model folder")
+                   help="without --adapter: also write MODEL_CARD.md (with these scores) into the model folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    planned = {
-        "sweep": "run adapt + evaluate over strategies and penalty strengths",
-    }
-    for name, help_text in planned.items():
-        p = sub.add_parser(name, help=f"{help_text} (not available yet)",
-                           description=f"{help_text[0].upper()}{help_text[1:]}. Not available yet in "
-                                       f"tts_adapt {__version__}.")
-        p.set_defaults(func=not_available(name))
+    p = sub.add_parser("prepare-target", help="take a speaker's adaptation and held-out clips from a dataset",
+                       description="Write a speaker's adaptation clips (OUT/clips) and disjoint held-out clips "
+                                   "(OUT/heldout) from any supported dataset, as wav + txt, for adapt and evaluate.")
+    p.add_argument("--data", required=True, type=Path, help="dataset root")
+    p.add_argument("--speaker", required=True, help="speaker to take (e.g. p248)")
+    p.add_argument("--out", required=True, type=Path, help="target folder")
+    p.add_argument("--clips", type=int, default=20, help="adaptation clips (default: 20)")
+    p.add_argument("--heldout", type=int, default=8, help="held-out clips (default: 8)")
+    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (datasets without one)")
+    p.set_defaults(func=cmd_prepare_target)
+
+    from tts_adapt.evaluate.sweep import SweepConfig
+
+    p = sub.add_parser("sweep", help="adapt + evaluate over strategies and penalty strengths",
+                       description="Adapt and evaluate every (strategy, λ) cell, each cached and resumable, and "
+                                   "write table.csv, table.md, summary.json and pareto.png (forgetting against "
+                                   "learning, one curve per strategy). Without --data / --target-dir: the "
+                                   "embedded default (corpus built or reused in --workdir).")
+    p.add_argument("--out", required=True, type=Path, help="sweep folder")
+    p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
+    p.add_argument("--data", type=Path, default=None, help="dataset of the target, old and unseen speakers")
+    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    p.add_argument("--target-speaker", default=None, help="speaker of --data to clone (default: the corpus's target)")
+    p.add_argument("--target-dir", type=Path, default=None, help="your own adaptation clips instead")
+    p.add_argument("--heldout-dir", type=Path, default=None, help="held-out clips of the same speaker (with --target-dir)")
+    p.add_argument("--curvature-data", type=Path, default=None, help="pretraining data for the curvature (default: --data)")
+    p.add_argument("--publish", type=Path, default=None,
+                   help="also copy table.csv, table.md, summary.json and pareto.png into this folder (e.g. docs/sweep)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature and score cache (default: ~/.cache/tts_adapt)")
+    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
+                   help=f"where the embedded corpus is kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p, SweepConfig)
+    p.set_defaults(func=cmd_sweep)
 
     workdir = Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR))
     p = sub.add_parser("demo", help="start the Gradio demo: compare adapters by ear, clone a voice",

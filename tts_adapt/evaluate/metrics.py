@@ -62,14 +62,56 @@ class MCDResult:
     frames: int  # length of the aligned path
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What the measures need of one waveform (silence trimmed): mel-cepstra ``(frames, order)``
+    without c_0, and, when asked for, F0 in Hz (NaN where unvoiced) with voiced flags per frame."""
+
+    mcep: np.ndarray
+    f0: np.ndarray | None = None
+    voiced: np.ndarray | None = None
+
+
+def analyse(wav: np.ndarray, sample_rate: int, pitch: bool = True) -> Analysis:
+    """Mel-cepstra (and F0 with ``pitch``) of the speech part of ``wav``. Analysing real recordings
+    once and comparing many syntheses with them saves most of the cost of an evaluation."""
+    wav = trim_silence(wav)
+    mcep = mel_cepstrum(wav, sample_rate)[:, 1:]
+    if not pitch:
+        return Analysis(mcep)
+    f0, voiced = f0_track(wav, sample_rate)
+    return Analysis(mcep, f0, voiced)
+
+
+def mcd_on_path(a: np.ndarray, b: np.ndarray, path: np.ndarray) -> float:
+    diff = a[path[:, 0]] - b[path[:, 1]]
+    return float(((10.0 / math.log(10.0)) * np.sqrt(2.0 * np.sum(diff ** 2, axis=1))).mean())
+
+
+def f0_on_path(synth: Analysis, real: Analysis, path: np.ndarray) -> "F0Result":
+    i = np.clip(path[:, 0], 0, len(synth.f0) - 1)
+    j = np.clip(path[:, 1], 0, len(real.f0) - 1)
+    both = synth.voiced[i] & real.voiced[j]
+    rmse = float(np.sqrt(np.mean((synth.f0[i][both] - real.f0[j][both]) ** 2))) if both.any() else float("nan")
+    return F0Result(rmse, float(np.mean(synth.voiced[i] != real.voiced[j])))
+
+
+def compare(synth: Analysis, real: Analysis) -> dict[str, float]:
+    """MCD-DTW (dB), and F0 RMSE (Hz) and voicing error when both analyses have pitch, on one DTW path."""
+    path = dtw_path(synth.mcep, real.mcep)
+    out = {"mcd_db": mcd_on_path(synth.mcep, real.mcep, path)}
+    if synth.f0 is not None and real.f0 is not None:
+        f0 = f0_on_path(synth, real, path)
+        out.update(f0_rmse_hz=f0.rmse_hz, voicing_error=f0.voicing_error)
+    return out
+
+
 def mcd_dtw(synth: np.ndarray, real: np.ndarray, sample_rate: int) -> MCDResult:
     """Mel-cepstral distortion (dB) of ``synth`` against ``real``, DTW-aligned, c_0 excluded."""
-    a = mel_cepstrum(trim_silence(synth), sample_rate)[:, 1:]
-    b = mel_cepstrum(trim_silence(real), sample_rate)[:, 1:]
+    a = analyse(synth, sample_rate, pitch=False).mcep
+    b = analyse(real, sample_rate, pitch=False).mcep
     path = dtw_path(a, b)
-    diff = a[path[:, 0]] - b[path[:, 1]]
-    per_frame = (10.0 / math.log(10.0)) * np.sqrt(2.0 * np.sum(diff ** 2, axis=1))
-    return MCDResult(float(per_frame.mean()), len(path))
+    return MCDResult(mcd_on_path(a, b, path), len(path))
 
 
 def f0_track(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,12 +129,5 @@ class F0Result:
 
 def f0_error(synth: np.ndarray, real: np.ndarray, sample_rate: int) -> F0Result:
     """F0 RMSE and voicing error of ``synth`` against ``real`` on the mel-cepstral DTW path."""
-    s, r = trim_silence(synth), trim_silence(real)
-    path = dtw_path(mel_cepstrum(s, sample_rate)[:, 1:], mel_cepstrum(r, sample_rate)[:, 1:])
-    f_s, v_s = f0_track(s, sample_rate)
-    f_r, v_r = f0_track(r, sample_rate)
-    i = np.clip(path[:, 0], 0, len(f_s) - 1)
-    j = np.clip(path[:, 1], 0, len(f_r) - 1)
-    both = v_s[i] & v_r[j]
-    rmse = float(np.sqrt(np.mean((f_s[i][both] - f_r[j][both]) ** 2))) if both.any() else float("nan")
-    return F0Result(rmse, float(np.mean(v_s[i] != v_r[j])))
+    a, b = analyse(synth, sample_rate), analyse(real, sample_rate)
+    return f0_on_path(a, b, dtw_path(a.mcep, b.mcep))

@@ -1,0 +1,193 @@
+"""Learning against forgetting: target preparation, adapter reports, the sweep and its headline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.train import adapt
+from tts_adapt.data.readers import read_dataset
+from tts_adapt.data.target import PreparedTarget, prepare_target, split_speaker
+from tts_adapt.evaluate.adapter import EvaluationInputError, evaluate_adapter
+from tts_adapt.evaluate.learning import DEFINITIONS, SETS, UTTERANCE_METRICS
+from tts_adapt.evaluate.sweep import SweepConfig, run_sweep, summarise
+
+
+def _target_speaker(corpus: Path) -> str:
+    with open(corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
+        return next(r["speaker"] for r in csv.DictReader(fh) if r["speaker_set"] == "target")
+
+
+# --------------------------------------------------------------------------- prepare-target
+def test_prepared_target_keeps_heldout_clips_apart(tiny_corpus, tmp_path):
+    speaker = _target_speaker(tiny_corpus)
+    t = prepare_target(tiny_corpus, speaker, tmp_path / "t", clips=8, heldout=4)
+    clips = {p.stem for p in t.clips_dir.glob("*.wav")}
+    held = {p.stem for p in t.heldout_dir.glob("*.wav")}
+    assert (len(clips), len(held)) == (8, 4) and not clips & held
+    assert all((t.heldout_dir / f"{s}.txt").read_text().strip() for s in held)
+    assert PreparedTarget.load(tmp_path / "t") == t
+    # a smaller selection later leaves no stale clips behind
+    t2 = prepare_target(tiny_corpus, speaker, tmp_path / "t", clips=5, heldout=2)
+    assert len(list(t2.clips_dir.glob("*.wav"))) == 5 and len(list(t2.heldout_dir.glob("*.txt"))) == 2
+
+
+def test_split_of_a_dataset_without_splits_is_seeded_and_disjoint(tiny_corpus):
+    utts, _ = read_dataset(tiny_corpus, validate_audio=False)
+    speaker = utts[0].speaker
+    plain = [u.replace(split=None) for u in utts]  # as VCTK or LibriTTS would come
+    a = split_speaker(plain, speaker, 5, 3, seed=1)
+    b = split_speaker(plain, speaker, 5, 3, seed=1)
+    assert [u.utt_id for u in a[1]] == [u.utt_id for u in b[1]]
+    assert not {u.utt_id for u in a[0]} & {u.utt_id for u in a[1]}
+
+
+def test_unknown_speaker_names_the_speakers_that_exist(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="not in the dataset; its speakers are"):
+        prepare_target(tiny_corpus, "p999", tmp_path / "t")
+
+
+# --------------------------------------------------------------------------- evaluate --adapter
+@pytest.fixture(scope="module")
+def prepared(tiny_corpus, tmp_path_factory):
+    """10 adaptation clips and 2 held out: more than the tiny corpus's own train split has, so its
+    utterances are split as those of a dataset without splits."""
+    utts, _ = read_dataset(tiny_corpus, validate_audio=False)
+    return prepare_target(tiny_corpus, _target_speaker(tiny_corpus), tmp_path_factory.mktemp("target") / "t",
+                          clips=10, heldout=2, utterances=[u.replace(split=None) for u in utts])
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, prepared, feature_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-adapter") / "lora"
+    adapt(prepared.clips_dir, out, tiny_model, AdaptConfig(strategy="lora", steps=3, batch_size=4, val_every=3,
+                                                           checkpoint_every=3), cache_dir=feature_cache,
+          progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(adapter, feature_cache):
+    return evaluate_adapter(adapter, old_speakers=2, unseen_speakers=1, per_speaker=1, images=2,
+                            cache_dir=feature_cache, progress=False)
+
+
+def test_report_on_a_tiny_model_has_every_field(report, adapter):
+    out = adapter / "eval"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["rows"] == report["rows"]
+    assert report["counts"] == {"target": 2, "pretrain": 2, "unseen": 1}
+    got = {(r["set"], r["metric"]) for r in report["rows"]}
+    for group in SETS:
+        for metric in (*UTTERANCE_METRICS, "similarity"):
+            assert (group, metric) in got
+    assert ("target", "mel_loss") in got and ("pretrain", "mel_loss") in got
+    for r in report["rows"]:
+        assert {"set", "metric", "n", "base", "adapted", "change", "change_se"} <= set(r)
+        if r["metric"] == "f0_rmse_hz":  # pairs only utterances voiced in both; a 2-step model may not voice
+            continue
+        assert r["change"] == pytest.approx(r["adapted"] - r["base"], abs=1e-6)
+        assert math.isfinite(r["adapted"])
+    assert set(report["definitions"]) == set(DEFINITIONS)
+    md = (out / "report.md").read_text()
+    assert "Definitions" in md and "old speakers (forgetting)" in md
+    assert len(report["images"]) == 2 and all((out / name).stat().st_size > 1000 for name in report["images"])
+    assert (out / "utterances.csv").read_text().count("\n") == 1 + 3 * 5
+    assert len(list((out / "wavs" / "adapted").rglob("*.wav"))) == 5
+
+
+def test_base_scores_are_cached_and_reused(report, adapter, feature_cache, tmp_path):
+    cached = list((feature_cache / "evaluations").glob("base-*.json"))
+    assert len(cached) == 1
+    before = cached[0].stat().st_mtime_ns
+    again = evaluate_adapter(adapter, tmp_path / "again", old_speakers=2, unseen_speakers=1, per_speaker=1,
+                             images=0, cache_dir=feature_cache, save_wavs=False, progress=False)
+    assert cached[0].stat().st_mtime_ns == before
+    assert [r["base"] for r in again["rows"]] == [r["base"] for r in report["rows"]]
+
+
+def test_learning_is_never_measured_on_the_training_clips(adapter, prepared, feature_cache, tmp_path):
+    with pytest.raises(EvaluationInputError, match="trained on"):
+        evaluate_adapter(adapter, tmp_path / "e", target_dir=prepared.clips_dir, cache_dir=feature_cache,
+                         progress=False)
+
+
+def test_adapter_without_known_heldout_clips_asks_for_them(adapter, tmp_path, feature_cache):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy)
+    run = json.loads((copy / "run.json").read_text())
+    run["target_dir"] = str(tmp_path / "elsewhere")
+    (copy / "run.json").write_text(json.dumps(run))
+    with pytest.raises(EvaluationInputError, match="--target-dir"):
+        evaluate_adapter(copy, cache_dir=feature_cache, progress=False)
+
+
+def test_cli_evaluates_an_adapter(adapter, feature_cache, tmp_path, capsys):
+    from tts_adapt.cli import main
+
+    os.environ.setdefault("TTS_ADAPT_CACHE", str(feature_cache))
+    code = main(["evaluate", "--adapter", str(adapter), "--out", str(tmp_path / "r"), "--old-speakers", "1",
+                 "--unseen-speakers", "0", "--per-speaker", "1", "--images", "0", "--cache-dir", str(feature_cache),
+                 "-q"])
+    assert code == 0
+    assert "old speakers (forgetting)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["counts"]["unseen"] == 0
+
+
+# --------------------------------------------------------------------------- sweep
+def _row(strategy, lam, sim, mcd, dmcd):
+    return {"cell": f"{strategy}{lam}", "strategy": strategy, "lam": lam, "target_similarity": sim,
+            "target_mcd": mcd, "old_dmcd": dmcd}
+
+
+def test_headline_picks_the_kfac_lambda_with_least_forgetting_at_equal_learning():
+    rows = [_row("lora", 0, 0.70, 8.0, 2.0),
+            _row("kfac", 10, 0.70, 8.1, 1.2), _row("kfac", 100, 0.69, 8.3, 0.8),
+            _row("kfac", 1000, 0.60, 9.0, 0.1),  # forgets least but learns too little
+            _row("diag", 10, 0.72, 8.0, 1.8), _row("diag", 100, 0.66, 8.5, 1.0)]
+    h = summarise(rows, SweepConfig(strategies=("lora", "kfac", "diag"), lams=(10, 100, 1000)), 1.0)["headline"]
+    best = h["kfac_at_equal_learning"]
+    assert best["lam"] == 100 and best["forgetting_reduction"] == pytest.approx(0.6)
+    assert h["goal_met"]
+    # diag at similarity 0.69: half way from 0.66 (1.0) to 0.72 (1.8)
+    assert h["diag_old_dmcd_at_same_similarity"] == pytest.approx(1.0 + 0.8 * 0.5)
+
+
+def test_sweep_config_reads_comma_separated_lists_and_rejects_unknown_strategies():
+    c = SweepConfig(strategies="lora, kfac", lams="10,100")
+    assert c.strategies == ("lora", "kfac") and c.lams == (10.0, 100.0)
+    assert c.cells() == [("lora", 0.0), ("kfac", 10.0), ("kfac", 100.0)]
+    with pytest.raises(ValueError, match="unknown bogus"):
+        SweepConfig(strategies="lora,bogus")
+    with pytest.raises(ValueError, match="could not read"):
+        SweepConfig(lams="1,x")
+
+
+@pytest.mark.slow
+def test_sweep_writes_table_plot_and_reuses_finished_cells(tiny_model, tiny_corpus, prepared, feature_cache,
+                                                          tmp_path):
+    config = SweepConfig(strategies=("lora", "kfac"), lams=(10.0,), steps=2, curvature_utterances=8,
+                         old_speakers=1, unseen_speakers=1, per_speaker=1)
+    out = tmp_path / "sweep"
+    publish = tmp_path / "docs"
+    kwargs = dict(model=tiny_model, data=tiny_corpus, target_dir=prepared.clips_dir,
+                  heldout_dir=prepared.heldout_dir, cache_dir=feature_cache, progress=False, echo=lambda *a: None)
+    summary = run_sweep(out, config, publish=publish, **kwargs)
+    assert [c["cell"] for c in summary["cells"]] == ["lora", "kfac_lam10"]
+    for name in ("table.csv", "table.md", "summary.json", "pareto.png"):
+        assert (out / name).is_file() and (publish / name).is_file()
+    assert "kfac_lam10" in (out / "table.md").read_text()
+    assert "headline" in summary
+    run_json = out / "cells" / "kfac_lam10" / "adapter" / "run.json"
+    stamp = run_json.stat().st_mtime_ns
+    again = run_sweep(out, config, **kwargs)
+    assert run_json.stat().st_mtime_ns == stamp  # the finished cell was reused, not trained again
+    assert again["cells"] == summary["cells"]

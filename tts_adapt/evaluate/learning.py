@@ -1,0 +1,252 @@
+"""What an adapter learned and what it cost: the base model and the adapted model on the same utterances.
+
+Three sets of held-out utterances, each spoken by both models and compared with
+the real recordings of the same sentences:
+
+* ``target``: the adapted voice's held-out clips; the adapted model speaks them as
+  ``target``, the base model zero-shot from the same d-vector (the reference point);
+* ``pretrain``: old speakers the base model was trained on, by name (forgetting);
+* ``unseen``: voices neither model was trained on, zero-shot from reference clips
+  (forgetting of the zero-shot skill; d-vector models only).
+
+Per utterance: MCD-DTW, F0 RMSE, voicing error; per speaker: speaker similarity;
+per set: the teacher-forced mel loss. Each is reported for both models and as the
+change (adapted - base) with the standard error of the paired per-utterance
+(or per-speaker) differences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tts_adapt.data.samples import Utterance
+
+EVAL_VERSION = 1  # bump when a measure changes: cached base-model scores are then recomputed
+SETS = ("target", "pretrain", "unseen")
+UTTERANCE_METRICS = ("mcd_db", "f0_rmse_hz", "voicing_error")
+LOWER_IS_BETTER = {"mcd_db": True, "f0_rmse_hz": True, "voicing_error": True, "similarity": False,
+                   "mel_loss": True}
+
+DEFINITIONS = {
+    "mcd_db": "mel-cepstral distortion (dB): order-24 mel-cepstra (pysptk mcep, all-pass constant from "
+              "pysptk.util.mcepalpha), c0 excluded, leading/trailing silence trimmed, frames aligned by DTW "
+              "(librosa); 10/ln10 * sqrt(2 * sum_d (c_d - c'_d)^2) averaged over the path; mean over utterances",
+    "f0_rmse_hz": "RMSE of F0 (Hz, librosa pYIN 50-600 Hz) over frames voiced in both, on the same DTW path",
+    "voicing_error": "fraction of DTW-aligned frames whose voiced/unvoiced decisions differ (pYIN)",
+    "similarity": "cosine of resemblyzer speaker embeddings: the speaker's synthesised utterances vs the "
+                  "same speaker's real held-out recordings (one embedding each, averaged over utterances)",
+    "mel_loss": "teacher-forced training loss of the acoustic model on the real held-out recordings "
+                "(FastPitch: its L1 mel term in normalised log-mel units)",
+    "change": "adapted - base on the same utterances; ± is the standard error of the paired differences "
+              "(per utterance; per speaker for similarity)",
+}
+
+
+@dataclass
+class EvalUtterance:
+    set: str
+    speaker: str
+    utt_id: str
+    text: str
+    audio: str  # real recording
+    references: list[str] = field(default_factory=list)  # zero-shot reference clips (unseen voices)
+
+
+def _spread(names: list[str], count: int) -> list[str]:
+    """``count`` names evenly spread over the sorted list (a deterministic mix of the corpus's voice families)."""
+    names = sorted(names)
+    if count >= len(names):
+        return names
+    return [names[int(i)] for i in np.linspace(0, len(names) - 1, count).round()]
+
+
+def select_utterances(known: list[str], data_utts: list[Utterance] | None, target_heldout: list[Utterance], *,
+                      target_speaker: str | None = None, old_speakers: int = 8, unseen_speakers: int = 6,
+                      per_speaker: int = 2, references: int = 5, zero_shot: bool = True) -> list[EvalUtterance]:
+    """The evaluation utterances: all of ``target_heldout``, and ``per_speaker`` held-out utterances of
+    ``old_speakers`` speakers the model knows and of ``unseen_speakers`` it does not (from ``data_utts``)."""
+    from tts_adapt.data.target import split_speaker
+
+    items = [EvalUtterance("target", "target", u.utt_id or Path(u.audio_path).stem, u.text, u.audio_path)
+             for u in target_heldout]
+    if not data_utts:
+        return items
+    by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+    for u in data_utts:
+        by_speaker[u.speaker].append(u)
+    known_set = set(known) - {"target"}
+    sets = {s: (v[0].split or "").split("/")[0] for s, v in by_speaker.items()}
+    old = [s for s in by_speaker if s in known_set]
+    new = [s for s in by_speaker if s not in known_set and s != target_speaker]
+    if any(sets.values()):  # the embedded corpus names its unseen speakers
+        new = [s for s in new if sets[s] == "unseen"]
+    chosen = [("pretrain", s) for s in _spread(old, old_speakers)]
+    if zero_shot:
+        chosen += [("unseen", s) for s in _spread(new, unseen_speakers)]
+    for group, s in chosen:
+        try:  # zero-shot reference clips come from the speaker's utterances that are not held out
+            train, held = split_speaker(by_speaker[s], s, references if group == "unseen" else 0, per_speaker)
+        except ValueError:
+            continue  # a speaker with too few utterances is left out
+        refs = [u.audio_path for u in train] if group == "unseen" else []
+        if group == "unseen" and not refs:
+            continue
+        items += [EvalUtterance(group, s, u.utt_id or Path(u.audio_path).stem, u.text, u.audio_path, refs)
+                  for u in held]
+    return items
+
+
+class RealAudio:
+    """Analyses and embeddings of real recordings, computed once per process."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate = sample_rate
+        self._analysis: dict[str, object] = {}
+        self._embedding: dict[tuple, np.ndarray] = {}
+
+    def analysis(self, path: str):
+        from tts_adapt.data.audio import load_audio
+        from tts_adapt.evaluate.metrics import analyse
+
+        if path not in self._analysis:
+            wav, _ = load_audio(path, self.sample_rate)
+            self._analysis[path] = analyse(wav, self.sample_rate)
+        return self._analysis[path]
+
+    def embedding(self, encoder, paths: list[str]) -> np.ndarray:
+        key = tuple(paths)
+        if key not in self._embedding:
+            self._embedding[key] = encoder.embed_speaker(list(paths))
+        return self._embedding[key]
+
+
+def _mel_losses(backend, items: list[EvalUtterance], cache_dir: Path, progress: bool) -> dict[str, float]:
+    """Teacher-forced loss per set, on the real recordings (speaker ``target`` for the target set)."""
+    from tts_adapt.models.features import extract_features
+
+    out = {}
+    for group in ("target", "pretrain"):
+        utts = [Utterance(i.audio, i.text, i.speaker, utt_id=i.utt_id) for i in items if i.set == group]
+        if not utts:
+            continue
+        feats = extract_features(utts, cache_dir, backend.audio, backend.text_to_ids, backend.text_config,
+                                 progress=False)
+        for f, u in zip(feats, utts):
+            f.speaker = u.speaker
+        was = backend.model.training
+        backend.model.eval()
+        total, key = 0.0, None
+        with torch.no_grad():
+            for k in range(0, len(feats), 8):
+                chunk = feats[k:k + 8]
+                loss, parts = backend.loss(backend.collate(chunk))
+                key = "loss_spec" if "loss_spec" in parts else "loss"
+                total += parts[key] * len(chunk)
+        backend.model.train(was)
+        out[group] = total / max(1, len(feats))
+    return out
+
+
+def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, cache_dir: Path, name: str,
+                wav_dir: Path | None = None, keep_mels: set[str] | None = None, progress: bool = True) -> dict:
+    """Per-utterance measures, per-speaker similarity and per-set mel loss of one model (a Synthesizer)."""
+    from tts_adapt.data.audio import save_audio
+    from tts_adapt.evaluate.metrics import analyse, compare
+    from tts_adapt.evaluate.speaker import cosine_matrix
+
+    sr = synth.sample_rate
+    rows, wavs_by_speaker, mels = [], defaultdict(list), {}
+    for it in tqdm(items, desc=f"synthesising and scoring ({name})", unit="utt", disable=not progress):
+        if it.references:
+            from tts_adapt.models.synthesis import reference_d_vector
+
+            mel = synth.mel(it.text, d_vector=reference_d_vector(it.references, sr))
+        else:
+            mel = synth.mel(it.text, speaker=it.speaker)
+        wav = synth.vocoder(mel).cpu().numpy().astype(np.float32)
+        m = compare(analyse(wav, sr), real.analysis(it.audio))
+        rows.append({"set": it.set, "speaker": it.speaker, "utt_id": it.utt_id, **m})
+        wavs_by_speaker[(it.set, it.speaker)].append(wav)
+        if keep_mels is not None and it.utt_id in keep_mels:
+            mels[it.utt_id] = mel.cpu().numpy()
+        if wav_dir is not None:
+            save_audio(wav_dir / it.speaker / f"{it.utt_id}.wav", wav, sr)
+    real_paths = defaultdict(list)
+    for it in items:
+        real_paths[(it.set, it.speaker)].append(it.audio)
+    similarity = {}
+    for key, wavs in wavs_by_speaker.items():
+        syn = encoder.embed_speaker(wavs, sample_rate=sr)
+        similarity["/".join(key)] = float(cosine_matrix(syn[None], real.embedding(encoder, real_paths[key])[None])[0, 0])
+    return {"utterances": rows, "similarity": similarity,
+            "mel_loss": _mel_losses(synth.backend, items, cache_dir, progress), "mels": mels}
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if not len(v):
+        return float("nan"), float("nan")
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def summary_rows(base: dict | None, adapted: dict) -> list[dict]:
+    """One row per (set, metric): base and adapted means, change (adapted - base) and its standard error."""
+    rows = []
+    for group in SETS:
+        a_utts = [r for r in adapted["utterances"] if r["set"] == group]
+        if not a_utts:
+            continue
+        b_by = {(r["set"], r["speaker"], r["utt_id"]): r for r in base["utterances"]} if base else {}
+        paired = all((r["set"], r["speaker"], r["utt_id"]) in b_by for r in a_utts)
+        for metric in UTTERANCE_METRICS:
+            a = [r[metric] for r in a_utts]
+            b = [b_by[(r["set"], r["speaker"], r["utt_id"])][metric] for r in a_utts] if paired else None
+            rows.append(_row(group, metric, a, b, len(a_utts)))
+        keys = [k for k in adapted["similarity"] if k.split("/")[0] == group]
+        a = [adapted["similarity"][k] for k in keys]
+        b = [base["similarity"][k] for k in keys] if paired else None
+        rows.append(_row(group, "similarity", a, b, len(keys)))
+        if group in adapted["mel_loss"]:
+            b = [base["mel_loss"][group]] if base and group in base["mel_loss"] else None
+            rows.append(_row(group, "mel_loss", [adapted["mel_loss"][group]], b, len(a_utts)))
+    return rows
+
+
+def _finite(value: float) -> float | None:
+    """NaN (nothing to average, e.g. no frame voiced in both) is stored as JSON null."""
+    return None if value is None or math.isnan(value) else value
+
+
+def _row(group: str, metric: str, adapted: list[float], base: list[float] | None, n: int) -> dict:
+    a_mean, _ = _mean_se(adapted)
+    row = {"set": group, "metric": metric, "n": n, "base": None, "adapted": _finite(a_mean), "change": None,
+           "change_se": None}
+    if base is not None:
+        b_mean, _ = _mean_se(base)
+        diffs = [x - y for x, y in zip(adapted, base)
+                 if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))]
+        change, se = _mean_se(diffs)
+        row.update(base=_finite(b_mean), change=_finite(change), change_se=_finite(se))
+    return row
+
+
+def base_cache_key(backend, items: list[EvalUtterance], d_vector: torch.Tensor | None) -> str:
+    """Identifies the base model's scores: model weights, utterances, target voice, measure version."""
+    h = hashlib.sha256()
+    h.update(backend.fingerprint().encode())
+    h.update(json.dumps([asdict(i) for i in items], sort_keys=True).encode())
+    if d_vector is not None:
+        h.update(np.asarray(d_vector.detach().cpu(), dtype=np.float32).tobytes())
+    h.update(f"v{EVAL_VERSION}".encode())
+    return h.hexdigest()[:16]
+

@@ -1,0 +1,366 @@
+"""The strategy × λ sweep: adapt and evaluate every cell of a grid, then tabulate and plot the trade-off.
+
+Layout of a sweep folder::
+
+    target/            adaptation clips and held-out clips (tts-adapt prepare-target), unless given
+    curvature/         one file per curvature method the strategies need (fitted once)
+    cells/<name>/      adapter/ (tts-adapt adapt) and adapter/eval/ (tts-adapt evaluate)
+    table.csv, table.md, pareto.png, summary.json
+
+Every cell is cached: a finished adapter whose run.json holds the same settings
+is kept, an interrupted one resumes, a report newer than its adapter is reused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
+CURVATURE_OF = {"diag": "diag", "kfac": "kfac", "ekfac": "ekfac"}
+LEARNING_SIM_TOLERANCE = 0.02  # target similarity within this of plain LoRA counts as equal learning
+LEARNING_MCD_TOLERANCE = 0.05  # and target MCD within 5 %
+
+
+def _as_tuple(value, cast, name: str) -> tuple:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(cast(v.strip() if isinstance(v, str) else v) for v in items
+                     if not (isinstance(v, str) and not v.strip()))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: could not read {value!r} as a list ({err})") from err
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    strategies: tuple[str, ...] = field(default=("lora", "l2", "diag", "kfac", "ekfac"),
+                                        metadata={"help": "Strategies, comma-separated."})
+    lams: tuple[float, ...] = field(default=(1000.0, 3000.0, 10000.0),
+                                    metadata={"help": "Penalty strengths λ, comma-separated (not used by lora)."})
+    clips: int = field(default=20, metadata={"help": "Target clips to adapt on (embedded default)."})
+    heldout: int = field(default=8, metadata={"help": "Held-out target clips to measure learning on."})
+    steps: int = field(default=200, metadata={"help": "Adaptation steps per cell."})
+    rank: int = field(default=8, metadata={"help": "LoRA rank."})
+    lr: float = field(default=2e-3, metadata={"help": "Adaptation learning rate."})
+    curvature_utterances: int = field(default=400, metadata={"help": "Pretraining utterances for the curvature."})
+    old_speakers: int = field(default=8, metadata={"help": "Old (pretraining) speakers to measure forgetting on."})
+    unseen_speakers: int = field(default=6, metadata={"help": "Unseen voices (zero-shot) to measure forgetting on."})
+    per_speaker: int = field(default=2, metadata={"help": "Held-out utterances per old / unseen speaker."})
+    seed: int = field(default=0, metadata={"help": "Seed of adaptation and of the curvature sample."})
+
+    def __post_init__(self):
+        from tts_adapt.adapt.config import STRATEGY_NAMES
+
+        # lists may come as "a,b" (command line) or YAML lists
+        object.__setattr__(self, "strategies", _as_tuple(self.strategies, str, "strategies"))
+        object.__setattr__(self, "lams", _as_tuple(self.lams, float, "lams"))
+
+        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
+        if unknown:
+            raise ValueError(f"strategies: unknown {', '.join(unknown)}; valid: {', '.join(STRATEGY_NAMES)}")
+        if any(lam <= 0 for lam in self.lams):
+            raise ValueError(f"lams must be positive, got {self.lams}")
+        if not self.lams and any(s != "lora" for s in self.strategies):
+            raise ValueError("lams: give at least one penalty strength for the penalised strategies")
+
+    def cells(self) -> list[tuple[str, float]]:
+        return [(s, 0.0) for s in self.strategies if s == "lora"] + \
+               [(s, float(lam)) for s in self.strategies if s != "lora" for lam in sorted(self.lams)]
+
+
+def cell_name(strategy: str, lam: float) -> str:
+    return "lora" if strategy == "lora" else f"{strategy}_lam{lam:g}"
+
+
+def _adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
+    from tts_adapt.adapt.train import adapt
+
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        card = json.loads(run_json.read_text(encoding="utf-8"))
+        if card.get("config") == cfg.to_dict() and card.get("base_model") == str(model_dir):
+            return card
+        echo(f"      {folder}: settings changed, adapting again")
+        shutil.rmtree(folder)
+    resume = (folder / "checkpoint" / "state.pt").is_file()
+    return adapt(clips_dir, folder, model_dir, cfg, curvature=curvature, resume=resume, progress=progress)
+
+
+def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: str | Path | None = None,
+              data: str | Path | None = None, layout: str = "auto", target_speaker: str | None = None,
+              target_dir: str | Path | None = None, heldout_dir: str | Path | None = None,
+              curvature_data: str | Path | None = None, cache_dir: str | Path | None = None,
+              publish: str | Path | None = None, progress: bool = True, echo=print) -> dict:
+    """Adapt and evaluate every (strategy, λ) of ``config``; write table.csv / table.md / pareto.png /
+    summary.json into ``out`` and return the summary.
+
+    ``data``: the dataset of old and unseen speakers (and of the target unless ``target_dir`` is given);
+    ``target_dir`` / ``heldout_dir``: the user's own adaptation and held-out clips of the target;
+    ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot.
+    """
+    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.data.target import prepare_target
+    from tts_adapt.evaluate.adapter import evaluate_adapter
+    from tts_adapt.evaluate.learning import RealAudio
+    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.models.base import TTSBackend
+    from tts_adapt.models.synthesis import default_model_dir
+
+    out = Path(out)
+    t_all = time.time()
+    model_dir = Path(model) if model else default_model_dir()
+    backend = TTSBackend.from_pretrained(model_dir)
+    if target_dir is not None:
+        if heldout_dir is None:
+            raise ValueError("with --target-dir, give --heldout-dir: held-out clips of the same speaker to "
+                             "measure learning on")
+        clips_dir, heldout = Path(target_dir), Path(heldout_dir)
+    else:
+        if data is None:
+            raise ValueError("give --data (a dataset with the target speaker) or --target-dir and --heldout-dir")
+        if target_speaker is None:
+            from tts_adapt.quickstart import choose_target
+
+            target_speaker = choose_target(Path(data))
+        prepared = prepare_target(data, target_speaker, out / "target", clips=config.clips,
+                                  heldout=config.heldout, layout=layout, seed=config.seed)
+        clips_dir, heldout = prepared.clips_dir, prepared.heldout_dir
+        echo(f"target {target_speaker}: {prepared.clips} adaptation clips, {prepared.heldout} held out ({out / 'target'})")
+
+    curvatures = {}
+    for method in sorted({CURVATURE_OF[s] for s in config.strategies if s in CURVATURE_OF}):
+        curvatures[method] = ensure_curvature(model_dir, backend, curvature_data or data, out / "curvature",
+                                              method, config, layout=layout, cache_dir=cache_dir,
+                                              progress=progress, echo=echo)
+
+    real, encoder = RealAudio(backend.audio.sample_rate), SpeakerEncoder()
+    results = []
+    cells = config.cells()
+    for k, (strategy, lam) in enumerate(cells, 1):
+        name = cell_name(strategy, lam)
+        folder = out / "cells" / name / "adapter"
+        cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
+                          seed=config.seed)
+        echo(f"[{k}/{len(cells)}] {name}")
+        card = _adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(CURVATURE_OF.get(strategy)),
+                           progress, echo)
+        report_file = folder / "eval" / "report.json"
+        if report_file.is_file() and report_file.stat().st_mtime >= (folder / "run.json").stat().st_mtime:
+            report = json.loads(report_file.read_text(encoding="utf-8"))
+        else:
+            report = evaluate_adapter(folder, model=model_dir, target_dir=heldout, data=data, layout=layout,
+                                      old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
+                                      per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
+                                      encoder=encoder, progress=progress)
+        results.append(cell_row(name, strategy, lam, card, report))
+    summary = summarise(results, config, seconds=time.time() - t_all)
+    write_outputs(out, results, summary)
+    if publish is not None:
+        Path(publish).mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED:
+            shutil.copyfile(out / name, Path(publish) / name)
+    return summary
+
+
+def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, config: SweepConfig, *,
+                     layout: str, cache_dir, progress: bool, echo) -> Path:
+    """The sweep's curvature file of ``method``: reused when it matches the model, else fitted."""
+    from tts_adapt.curvature.run import fit_curvature_file
+    from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
+
+    path = folder / f"{method}.safetensors"
+    try:
+        Curvature.load(path, backend)
+        return path
+    except (CurvatureFileError, CurvatureMismatchError, FileNotFoundError):
+        pass
+    if data is None:
+        raise ValueError(f"strategy needing {method} curvature: give --curvature-data (pretraining utterances)")
+    echo(f"fitting {method} curvature on {config.curvature_utterances} pretraining utterances -> {path}")
+    path.unlink(missing_ok=True)
+    fit_curvature_file(model_dir, data, path, method=method, num_utterances=config.curvature_utterances,
+                       seed=config.seed, layout=layout, cache_dir=cache_dir, progress=progress)
+    return path
+
+
+def _get(report: dict, group: str, metric: str, key: str):
+    for r in report["rows"]:
+        if r["set"] == group and r["metric"] == metric:
+            v = r[key]
+            return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    return None
+
+
+def cell_row(name: str, strategy: str, lam: float, card: dict, report: dict) -> dict:
+    """One line of the sweep table from an adapter's run card and its evaluation report."""
+    return {
+        "cell": name, "strategy": strategy, "lam": lam,
+        "target_similarity": _get(report, "target", "similarity", "adapted"),
+        "target_mcd": _get(report, "target", "mcd_db", "adapted"),
+        "target_f0_rmse": _get(report, "target", "f0_rmse_hz", "adapted"),
+        "target_mel_loss": _get(report, "target", "mel_loss", "adapted"),
+        "old_dmcd": _get(report, "pretrain", "mcd_db", "change"),
+        "old_dmcd_se": _get(report, "pretrain", "mcd_db", "change_se"),
+        "old_dsimilarity": _get(report, "pretrain", "similarity", "change"),
+        "unseen_dmcd": _get(report, "unseen", "mcd_db", "change"),
+        "base_target_similarity": _get(report, "target", "similarity", "base"),
+        "base_target_mcd": _get(report, "target", "mcd_db", "base"),
+        "steps": card.get("steps"), "stopped": card.get("stopped"), "adapt_seconds": card.get("wall_seconds"),
+        "eval_seconds": report.get("seconds"),
+    }
+
+
+def _interpolate_forgetting(points: list[dict], similarity: float) -> float | None:
+    """Old-speaker ΔMCD of a strategy's curve at a given target similarity (linear between its λ points)."""
+    pts = sorted((p["target_similarity"], p["old_dmcd"]) for p in points
+                 if p["target_similarity"] is not None and p["old_dmcd"] is not None)
+    for (s0, f0), (s1, f1) in zip(pts, pts[1:]):
+        if s0 <= similarity <= s1:
+            return f0 if s1 == s0 else f0 + (f1 - f0) * (similarity - s0) / (s1 - s0)
+    return None
+
+
+def summarise(rows: list[dict], config: SweepConfig, seconds: float) -> dict:
+    """The headline comparison: the best K-FAC λ at equal learning against plain LoRA and diagonal."""
+    summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+               "cells": rows, "seconds": round(seconds, 1)}
+    lora = next((r for r in rows if r["strategy"] == "lora"), None)
+    kfac = [r for r in rows if r["strategy"] == "kfac"]
+    if lora is None or not kfac or lora["old_dmcd"] is None:
+        return summary
+    def equal_learning(r):
+        return (r["target_similarity"] >= lora["target_similarity"] - LEARNING_SIM_TOLERANCE
+                and r["target_mcd"] <= lora["target_mcd"] * (1 + LEARNING_MCD_TOLERANCE))
+    def reduction(r):
+        return 1.0 - r["old_dmcd"] / lora["old_dmcd"] if lora["old_dmcd"] > 0 else None
+    ok = [r for r in kfac if equal_learning(r)]
+    best = max(ok, key=lambda r: reduction(r) or -math.inf) if ok else None
+    headline = {
+        "lora": {k: lora[k] for k in ("target_similarity", "target_mcd", "old_dmcd")},
+        "kfac_at_equal_learning": None if best is None else {
+            "lam": best["lam"], "target_similarity": best["target_similarity"], "target_mcd": best["target_mcd"],
+            "old_dmcd": best["old_dmcd"], "forgetting_reduction": reduction(best)},
+        "goal_met": bool(best is not None and (reduction(best) or 0) >= 0.5),
+        "rule": f"equal learning: target similarity >= LoRA's - {LEARNING_SIM_TOLERANCE} and target MCD <= "
+                f"LoRA's x {1 + LEARNING_MCD_TOLERANCE:g}; forgetting reduction = 1 - old dMCD / LoRA's old dMCD",
+    }
+    if best is not None:
+        diag = [r for r in rows if r["strategy"] == "diag"]
+        headline["diag_old_dmcd_at_same_similarity"] = _interpolate_forgetting(diag, best["target_similarity"])
+    summary["headline"] = headline
+    return summary
+
+
+TABLE_COLUMNS = [("cell", "cell"), ("target_similarity", "target sim ↑"), ("target_mcd", "target MCD ↓"),
+                 ("target_f0_rmse", "target F0 RMSE ↓"), ("target_mel_loss", "target mel loss ↓"),
+                 ("old_dmcd", "old ΔMCD ↓"), ("old_dsimilarity", "old Δsim"), ("unseen_dmcd", "unseen ΔMCD ↓"),
+                 ("steps", "steps"), ("adapt_seconds", "adapt s")]
+
+
+def _cell(v, key: str) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if key in ("steps",):
+        return str(v)
+    if key == "adapt_seconds":
+        return f"{v:.0f}"
+    return f"{v:+.2f}" if key in ("old_dmcd", "unseen_dmcd") else (
+        f"{v:+.3f}" if key == "old_dsimilarity" else (f"{v:.3f}" if "similarity" in key or "loss" in key
+                                                      else f"{v:.2f}"))
+
+
+def to_markdown(rows: list[dict], summary: dict) -> str:
+    lines = ["| " + " | ".join(label for _, label in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    for r in rows:
+        cells = [_cell(r[k], k) for k, _ in TABLE_COLUMNS]
+        if r["old_dmcd_se"] is not None:
+            cells[5] += f" ± {r['old_dmcd_se']:.2f}"
+        lines.append("| " + " | ".join(cells) + " |")
+    base_sim = rows[0]["base_target_similarity"] if rows else None
+    if base_sim is not None:
+        lines += ["", f"Base model, zero-shot from the target's d-vector: target similarity {base_sim:.3f}, "
+                      f"target MCD {rows[0]['base_target_mcd']:.2f} dB."]
+    h = summary.get("headline")
+    if h:
+        lines += ["", "Headline (" + h["rule"] + "):"]
+        k = h["kfac_at_equal_learning"]
+        if k is None:
+            lines.append("- no K-FAC λ of the grid learns as much as plain LoRA; goal not met.")
+        else:
+            lines.append(f"- LoRA + K-FAC, λ = {k['lam']:g}: target similarity {k['target_similarity']:.3f} (LoRA "
+                         f"{h['lora']['target_similarity']:.3f}), target MCD {k['target_mcd']:.2f} dB (LoRA "
+                         f"{h['lora']['target_mcd']:.2f}), old-speaker ΔMCD {k['old_dmcd']:+.2f} dB (LoRA "
+                         f"{h['lora']['old_dmcd']:+.2f}): forgetting cut by {100 * k['forgetting_reduction']:.0f} % "
+                         f"(goal 50 %: {'met' if h['goal_met'] else 'not met'}).")
+            d = h.get("diag_old_dmcd_at_same_similarity")
+            lines.append(f"- diagonal Fisher at the same target similarity: old-speaker ΔMCD "
+                         + (f"{d:+.2f} dB" if d is not None else "not reached by the diagonal curve of this grid")
+                         + ".")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(rows: list[dict], path: Path) -> None:
+    """Forgetting (x) against learning (y), one curve per strategy through its λ values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tts_adapt.io import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"lora": "black", "l2": "tab:gray", "diag": "tab:orange", "kfac": "tab:blue", "ekfac": "tab:green"}
+    labels = {"lora": "LoRA", "l2": "LoRA + L2", "diag": "LoRA + diagonal Fisher", "kfac": "LoRA + K-FAC",
+              "ekfac": "LoRA + EK-FAC"}
+    for ax, key, ylabel in ((axes[0], "target_similarity", "target speaker similarity ↑"),
+                            (axes[1], "target_mcd", "target MCD-DTW (dB) ↓")):
+        for strategy in dict.fromkeys(r["strategy"] for r in rows):
+            pts = [r for r in rows if r["strategy"] == strategy and r[key] is not None and r["old_dmcd"] is not None]
+            pts.sort(key=lambda r: r["lam"])
+            if not pts:
+                continue
+            xs, ys = [r["old_dmcd"] for r in pts], [r[key] for r in pts]
+            if strategy == "lora":
+                ax.scatter(xs, ys, marker="*", s=160, color=colours[strategy], label=labels[strategy], zorder=3)
+                continue
+            ax.plot(xs, ys, "o-", color=colours.get(strategy), label=labels.get(strategy, strategy))
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(f"λ={r['lam']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        base_key = "base_target_similarity" if key == "target_similarity" else "base_target_mcd"
+        if rows and rows[0][base_key] is not None:
+            ax.scatter([0.0], [rows[0][base_key]], marker="D", color="tab:red", label="base model (zero-shot)",
+                       zorder=3)
+        ax.set_xlabel("forgetting: old speakers' MCD increase (dB) ←")
+        ax.set_ylabel(ylabel)
+        if key == "target_mcd":
+            ax.invert_yaxis()
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Learning the new voice against forgetting the old ones (better: up and to the left)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
+    from tts_adapt.io import write_json_atomic, write_text_atomic
+
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text_atomic(out / "table.csv", buf.getvalue())
+    write_text_atomic(out / "table.md", to_markdown(rows, summary))
+    write_json_atomic(out / "summary.json", summary)
+    pareto_plot(rows, out / "pareto.png")
