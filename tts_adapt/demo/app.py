@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import gradio as gr
 import numpy as np
 
 from tts_adapt.adapt.config import STRATEGY_NAMES, AdaptConfig
+from tts_adapt.adapt.penalty import get_strategy
 from tts_adapt.demo.bank import AdapterBank, EvaluationReportError
 from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
@@ -137,18 +139,24 @@ class DemoService:
     def start_clone(self, files, rows, recordings, name, strategy, lam, rank, steps, owner: str = ""):
         """Check the clips and settings, write the clips into a fresh staging folder and queue the run."""
         name = self.bank.check_new_name(name)
+        if name in self.jobs.pending_names():
+            raise ValueError(f"a run named {name!r} is already queued; choose another name")
         steps = int(steps)
         if not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be between 1 and {self.max_steps}, got {steps}")
         config = AdaptConfig(strategy=strategy, lam=float(lam or 0.0) if strategy != "lora" else 0.0,
                              rank=int(rank), steps=steps)
         curvature, why = curvature_for(strategy, self.curvature)
-        if config.strategy not in ("lora", "l2") and curvature is None:
+        if get_strategy(strategy).needs_curvature and curvature is None:
             raise ValueError(why)
         clips = check_clips(clips_from_upload(files or [], rows, recordings), self.sample_rate,
                             min_clips=self.min_clips, max_clips=self.max_clips)
         staging = self.bank.staging()
-        clips_dir = write_target_folder(clips, staging / "clips", self.sample_rate)
+        try:
+            clips_dir = write_target_folder(clips, staging / "clips", self.sample_rate)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return self.jobs.submit(CloneRequest(name, clips_dir, staging, config, curvature, self.min_clips, owner))
 
     def cancel(self, owner: str = "") -> str:

@@ -98,6 +98,11 @@ class CloneQueue:
                 return 0
             return sum(1 for j in self._jobs[:self._jobs.index(job)] if not j.finished)
 
+    def pending_names(self) -> set[str]:
+        """Names of the adapters that queued or running runs will save."""
+        with self._lock:
+            return {j.request.name for j in self._jobs if not j.finished}
+
     def cancel(self, owner: str) -> list[CloneJob]:
         """Ask every unfinished run of ``owner`` to stop; returns them."""
         with self._lock:
