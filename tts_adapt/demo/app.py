@@ -250,6 +250,8 @@ def build_app(service: DemoService) -> gr.Blocks:
 
 
 def _clone_tab(service: DemoService):
+    # LoRA + K-FAC when its curvature is at hand (after quickstart), else plain LoRA
+    default_strategy = "kfac" if curvature_for("kfac", service.curvature)[0] else "lora"
     with gr.Tab("Clone"):
         gr.Markdown(f"Clone a voice from **{service.min_clips}–{service.max_clips} clips** with transcripts: "
                     f"upload audio ({', '.join(AUDIO_SUFFIXES)}, up to {MAX_FILE_MB} MB and 20 s each) with a "
@@ -286,14 +288,14 @@ def _clone_tab(service: DemoService):
 
         with gr.Row():
             name = gr.Textbox(label="Name of the new adapter", value="my-voice")
-            strategy = gr.Radio(list(STRATEGY_NAMES), value="kfac", label="Strategy",
+            strategy = gr.Radio(list(STRATEGY_NAMES), value=default_strategy, label="Strategy",
                                 info="lora: no penalty; l2: ‖ΔW‖²; diag / kfac / ekfac: Laplace penalty from "
                                      "the pretraining data's curvature (needs a curvature file)")
         with gr.Row():
             lam = gr.Number(label="λ (penalty strength, in pretraining utterances)", value=1000, minimum=0)
             rank = gr.Slider(1, 32, value=8, step=1, label="LoRA rank")
             steps = gr.Slider(1, service.max_steps, value=min(200, service.max_steps), step=1, label="Steps")
-        curvature = gr.Markdown(service.curvature_status("kfac"))
+        curvature = gr.Markdown(service.curvature_status(default_strategy))
         strategy.change(service.curvature_status, strategy, curvature, api_name="curvature_status")
         with gr.Row():
             start = gr.Button("Clone voice", variant="primary")

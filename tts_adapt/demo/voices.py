@@ -137,12 +137,13 @@ class VoiceModels:
         return wav, mel
 
 
-def mel_image(mel: torch.Tensor, height_scale: int = 2) -> np.ndarray:
-    """RGB image ``(n_mels * height_scale, frames, 3)`` uint8 of a log-mel, low frequencies at the bottom."""
+def mel_image(mel: torch.Tensor, height_scale: int = 2, width_scale: int = 2) -> np.ndarray:
+    """RGB image ``(n_mels * height_scale, frames * width_scale, 3)`` uint8 of a log-mel, low frequencies
+    at the bottom."""
     from matplotlib import colormaps
 
     m = mel.detach().cpu().numpy()
     top = float(m.max())
     m = np.clip((m - (top - 9.0)) / 9.0, 0.0, 1.0)  # a fixed range (9 nats of log-mel) below the loudest bin
     rgb = (colormaps["magma"](m[::-1])[..., :3] * 255).astype(np.uint8)
-    return np.repeat(rgb, height_scale, axis=0)
+    return np.repeat(np.repeat(rgb, height_scale, axis=0), width_scale, axis=1)
