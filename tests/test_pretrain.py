@@ -88,6 +88,14 @@ def test_resume_equals_uninterrupted(run_a, tiny_corpus, feature_cache, tmp_path
         assert (ra["loss"], ra["val_loss"], ra["lr"]) == (rb["loss"], rb["val_loss"], rb["lr"])
 
 
+def test_time_budget_ends_the_sitting_with_a_checkpoint(tiny_corpus, feature_cache, tmp_path):
+    out = tmp_path / "timed"
+    _run(tiny_corpus, out, feature_cache, max_minutes=0.0)  # out of time after the first step
+    assert torch.load(out / STATE_FILE, weights_only=True)["step"] == 1
+    assert TTSBackend.from_pretrained(out).info["steps"] == 1
+    assert [int(r["step"]) for r in _log(out)] == [1]
+
+
 @pytest.mark.slow
 def test_another_config_in_the_same_folder_is_refused(run_a, tiny_corpus, feature_cache):
     before = {p.name: p.stat().st_mtime_ns for p in run_a.iterdir()}

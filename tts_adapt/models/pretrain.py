@@ -170,11 +170,12 @@ def validation_loss(backend: TTSBackend, features: list[UtteranceFeatures], batc
 
 def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(), *, layout: str = "auto",
              cache_dir: Path | None = None, workers: int = 1, progress: bool = True,
-             stop_after: int | None = None) -> TTSBackend:
+             stop_after: int | None = None, max_minutes: float | None = None) -> TTSBackend:
     """Train (or resume training) a base model on ``data`` into ``out``.
 
-    ``stop_after`` ends this call after that many steps (the run stays
-    resumable), to fit a run into sittings.
+    ``stop_after`` ends this call after that many steps, ``max_minutes`` after that
+    much wall time (with a checkpoint; the run stays resumable), to fit a run into
+    sittings or to compare candidates at equal CPU time.
     """
     out = Path(out)
     rank, world = init_distributed()
@@ -266,6 +267,12 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
         step += 1
         seen += len(idx) * world
         bar.update(1)
+        if max_minutes is not None:
+            out_of_time = torch.tensor(float(time.time() - t_start >= 60.0 * max_minutes))
+            if world > 1:  # every rank must end at the same step
+                dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
+            if out_of_time:
+                end = step
         bar.set_postfix(loss=f"{parts['loss']:.3f}", spec=f"{parts.get('loss_spec', 0):.3f}")
         if step % config.log_every == 0 or step == end:
             elapsed = time.time() - t_start
