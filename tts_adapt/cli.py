@@ -92,7 +92,8 @@ def cmd_pretrain(args) -> int:
 
     config = config_from_args(args, PretrainConfig, "pretrain")
     backend = pretrain(args.data, args.out, config, layout=args.layout, cache_dir=args.cache_dir,
-                       workers=args.workers, progress=not args.quiet, stop_after=args.stop_after)
+                       workers=args.workers, progress=not args.quiet, stop_after=args.stop_after,
+                       max_minutes=args.max_minutes)
     print(f"model saved in {args.out} ({backend.num_parameters() / 1e6:.2f} M parameters, "
           f"step {backend.info.get('steps')}); training log: {Path(args.out) / 'train_log.csv'}")
     return 0
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
     p.add_argument("--stop-after", type=int, default=None, help="end this sitting after N steps (resumable)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="end this sitting after M minutes of training (resumable; equal-time pilots)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)
