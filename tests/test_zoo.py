@@ -375,6 +375,26 @@ def test_kfac_fit_then_two_adaptation_steps_and_reload(case, backend, zoo_folder
         assert saved["d_vector"].shape == (32,) and torch.equal(fresh.speakers.embeddings[-1], saved["d_vector"])
 
 
+def test_command_line_with_a_zoo_folder(case, zoo_folder, tiny_corpus, tiny_target_clips, feature_cache, tmp_path):
+    """``--model <zoo folder>``: speak (YourTTS zero-shot from a clip through its own encoder) and fit K-FAC."""
+    import soundfile as sf
+
+    from tts_adapt.cli import main
+    from tts_adapt.curvature import Curvature
+
+    voice = (["--speaker-wav", str(sorted(tiny_target_clips.glob("*.wav"))[0])] if case["backend"] == "yourtts"
+             else ["--speaker", TTSBackend.from_pretrained(zoo_folder).speakers.names[0]])
+    out = tmp_path / "hello.wav"
+    assert main(["synthesize", "--model", str(zoo_folder), "--text", "Hello there.", *voice, "--out", str(out)]) == 0
+    assert sf.info(out).samplerate == case["sample_rate"] and sf.info(out).duration > 0
+    kfac = tmp_path / "kfac.safetensors"
+    assert main(["fit-curvature", "--model", str(zoo_folder), "--data", str(tiny_corpus), "--num-utterances", "4",
+                 "--batch-size", "2", "--workers", "1", "--cache-dir", str(feature_cache), "--out", str(kfac),
+                 "-q"]) == 0
+    curv = Curvature.load(kfac, TTSBackend.from_pretrained(zoo_folder))
+    assert curv.num_utterances == 4 and curv.backend == case["backend"]
+
+
 def test_create_builds_a_new_model_of_a_coqui_config():
     from tts_adapt.models import get_backend
 
