@@ -72,11 +72,10 @@ def download(name: str) -> Path:
     from TTS.utils.manage import ModelManager
 
     manager = ModelManager(progress_bar=False)
-    try:
-        manager._set_model_item(name)  # only checks the name against coqui's model list
-    except (KeyError, ValueError):
+    kind, language, dataset, model = name.split("/")
+    if not manager.models_dict.get(kind, {}).get(language, {}).get(dataset, {}).get(model):
         raise ModelFolderError(f"{name!r} is not a coqui-tts model name; supported here: "
-                               f"{', '.join(SUPPORTED_MODELS)} (or pass a model folder)") from None
+                               f"{', '.join(SUPPORTED_MODELS)} (or pass a model folder)")
     cache = Path(manager.output_prefix) / name.replace("/", "--")
     try:
         checkpoint, _, _ = manager.download_model(name)
