@@ -28,7 +28,9 @@ from tts_adapt.demo.uploads import Clip, UploadError, check_clips, clips_from_up
 TEXT = "A short test sentence."
 EMPTY_TABLE = {"headers": ["clip", "transcript"], "data": []}
 REPORT = {"rows": [{"set": "target", "metric": "speaker similarity", "base": 0.70, "adapted": 0.75, "change": 0.05},
-                   {"set": "pretrain", "metric": "MCD (dB)", "base": 6.9, "adapted": 7.4, "change": 0.5}],
+                   {"set": "pretrain", "metric": "MCD (dB)", "base": 6.9, "adapted": 7.4, "change": 0.5,
+                    "change_se": 0.1, "n": 8},
+                   {"set": "unseen", "metric": "F0 RMSE", "base": None, "adapted": 21.0, "change": None}],
           "definitions": {"MCD (dB)": "mel-cepstral distortion against the real recording"}}
 
 
@@ -124,6 +126,8 @@ def test_compare_shows_every_model_with_its_evaluation(client, old_speaker):
     assert all(len(w) > 1600 for w in waves)
     evaluated, plain = slots[1][3]["value"], slots[2][3]["value"]
     assert "| target | speaker similarity | 0.7 | 0.75 | +0.05 |" in evaluated
+    assert "| pretrain | MCD (dB) | 6.9 | 7.4 | +0.5 ± 0.1 |" in evaluated
+    assert "| unseen | F0 RMSE | – | 21 | – |" in evaluated  # nothing to compare with: null in the report
     assert "mel-cepstral distortion" in evaluated
     assert plain.startswith("not evaluated (run `tts-adapt evaluate --adapter") and "plain" in plain
     assert all(s[0]["visible"] is False for s in slots[3:])

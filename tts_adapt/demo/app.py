@@ -57,9 +57,14 @@ def evaluation_markdown(adapter) -> str:
     report = adapter.evaluation()
     if report is None:
         return f"not evaluated (run `tts-adapt evaluate --adapter {adapter.path}`)"
+    def number(value, sign: str = "") -> str:
+        return "–" if value is None or value != value else f"{value:{sign}.3g}"  # None or NaN: not scored
+
     lines = ["| set | metric | base | adapted | change |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['set']} | {r['metric']} | {r['base']:.3g} | {r['adapted']:.3g} | {r['change']:+.3g} |"
-              for r in report["rows"]]
+    for r in report["rows"]:
+        se = f" ± {number(r['change_se'])}" if r["change"] is not None and r.get("change_se") is not None else ""
+        lines.append(f"| {r['set']} | {r['metric']} | {number(r['base'])} | {number(r['adapted'])} | "
+                     f"{number(r['change'], '+')}{se} |")
     lines += [f"\n*{metric}*: {text}" for metric, text in report["definitions"].items()]
     return "\n".join(lines)
 

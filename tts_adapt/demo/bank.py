@@ -46,7 +46,8 @@ class Adapter:
 
     def evaluation(self) -> dict | None:
         """``eval/report.json`` written by ``tts-adapt evaluate --adapter`` ({"rows": [...],
-        "definitions": {...}}), or ``None`` when the adapter has not been evaluated."""
+        "definitions": {...}}), or ``None`` when the adapter has not been evaluated. A row's
+        ``base``, ``adapted`` and ``change`` are floats, or ``None`` where there was nothing to score."""
         path = self.path / EVAL_REPORT
         if not path.is_file():
             return None
@@ -56,7 +57,7 @@ class Adapter:
             for r in rows:
                 r["set"], r["metric"] = str(r["set"]), str(r["metric"])
                 for key in ("base", "adapted", "change"):
-                    r[key] = float(r[key])
+                    r[key] = None if r[key] is None else float(r[key])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise EvaluationReportError(f"{path}: not a report of tts-adapt evaluate ({err})") from None
         return {"rows": rows, "definitions": dict(report.get("definitions", {}))}
