@@ -76,7 +76,6 @@ class DemoService:
                  curvature: list[str | Path] | None = None, *, min_clips: int = MIN_CLIPS,
                  max_clips: int = MAX_CLIPS, max_steps: int = 1000, preload: bool = True):
         self.bank = AdapterBank(adapters)
-        self.bank.root.mkdir(parents=True, exist_ok=True)
         for stale in self.bank.remove_stale_staging():
             log.warning("removed %s, left by an interrupted clone run", stale)
         self.models = VoiceModels(self.bank, model)
