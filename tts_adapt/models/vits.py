@@ -48,7 +48,7 @@ from tts_adapt.models.base import Batch, ModelFolderError, register_backend
 from tts_adapt.models.coqui import CoquiBackend, loss_parts
 from tts_adapt.models.features import FeatureExtractor
 from tts_adapt.models.speakers import SpeakerTable
-from tts_adapt.models.zoo import ZooBackend, id_table_of
+from tts_adapt.models.zoo import ZooBackend
 
 #: The mel-loss segment and the posterior's sample are random; evaluation (eval mode: validation,
 #: curvature fitting) and synthesis draw them from this seed, so that they are reproducible.
