@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tts_adapt.models import ModelFolderError, TTSBackend
-from tts_adapt.models.zoo import SUPPORTED_MODELS, is_zoo_name
+from tts_adapt.models.zoo import CONDITIONING_NOTES, SUPPORTED_MODELS, is_zoo_name
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 #: A path from the machine the model was trained on, as zoo configs carry them.
@@ -210,6 +210,8 @@ def features(backend, chosen, feature_cache):
 def test_zoo_folder_loads_into_its_backend(case, backend, zoo_folder):
     assert backend.name == case["backend"]
     assert not backend.model.training
+    assert backend.info["checkpoint"] == case["checkpoint"]
+    assert backend.info["conditioning"] == CONDITIONING_NOTES[backend.speakers.kind]
     config = json.loads((zoo_folder / "config.json").read_text())
     assert backend.audio.sample_rate == config["audio"]["sample_rate"] == case["sample_rate"]
     state = torch.load(zoo_folder / case["checkpoint"], weights_only=False)["model"]

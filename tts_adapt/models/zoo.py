@@ -233,6 +233,14 @@ def identity_stats(n_mels: int, f0_mean: float = 0.0, f0_std: float = 1.0) -> Fe
     return FeatureStats(torch.zeros(n_mels), torch.ones(n_mels), f0_mean, f0_std)
 
 
+#: How a zoo model is conditioned on a voice, and how a new voice gets into it (recorded in ``backend.info``).
+CONDITIONING_NOTES = {
+    "id_table": "speaker-ID table; a new voice is a new row, started at the mean of the known rows and trained "
+                "with the adapter",
+    "d_vector": "d-vectors of the model's own speaker encoder; a new voice is the mean d-vector of its clips",
+}
+
+
 class ZooBackend:
     """What a backend over a coqui-tts zoo model adds: recognising its config and loading its folder.
 
@@ -258,8 +266,10 @@ class ZooBackend:
         model = cls.model_class()(config)
         load_coqui_weights(model, checkpoint, folder / CONFIG_FILE)
         model.eval()
-        backend = cls(model, audio_config_of(config), cls.zoo_stats(folder, config), cls.zoo_speakers(model, folder),
-                      {"zoo_folder": str(folder), "checkpoint": checkpoint.name})
+        speakers = cls.zoo_speakers(model, folder)
+        backend = cls(model, audio_config_of(config), cls.zoo_stats(folder, config), speakers,
+                      {"zoo_folder": str(folder), "checkpoint": checkpoint.name,
+                       "conditioning": CONDITIONING_NOTES[speakers.kind]})
         backend.after_load()
         return backend
 
