@@ -17,10 +17,6 @@ log = logging.getLogger("tts_adapt")
 DEFAULT_WORKDIR = "work"
 
 
-class CommandNotAvailable(RuntimeError):
-    pass
-
-
 # ----------------------------------------------------------------------------- corpus
 def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
     """One flag per field of a config dataclass; the dataclass is the source of truth for names,
@@ -227,13 +223,6 @@ def cmd_quickstart(args) -> int:
     config = QuickstartConfig(lam=args.lam, steps=args.steps, clips=args.clips)
     run_quickstart(args.workdir, config, model=args.model, progress=not args.quiet)
     return 0
-
-
-def not_available(name: str):
-    def run(args) -> int:
-        raise CommandNotAvailable(f"'tts-adapt {name}' is not available yet in tts_adapt {__version__}.")
-
-    return run
 
 
 # ----------------------------------------------------------------------------- parser
@@ -475,9 +464,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except CommandNotAvailable as err:
-        print(f"tts-adapt: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("tts-adapt: interrupted; finished files are kept and the next run resumes from them", file=sys.stderr)
         return 130

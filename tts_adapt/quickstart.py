@@ -3,16 +3,16 @@
 1. build (or reuse) the default corpus;
 2. load the shipped base model;
 3. fit (or reuse) K-FAC of the pretraining data;
-4. adapt to a held-out target speaker from about 20 clips with plain LoRA and with LoRA + K-FAC;
-5. synthesise the target's and several old speakers' held-out sentences with the base model and
-   both adapters, and print target similarity / MCD and the old speakers' MCD change.
+4. take a held-out target speaker's 20 adaptation clips and 8 held-out clips, and adapt with plain
+   LoRA and with LoRA + K-FAC;
+5. evaluate both adapters against the base model (``tts-adapt evaluate``: reports in
+   ``<adapter>/eval``) and print target similarity / MCD against the MCD change of old speakers
+   and of unseen voices.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +23,13 @@ QUICKSTART_STRATEGIES = ("lora", "kfac")
 @dataclass(frozen=True)
 class QuickstartConfig:
     clips: int = 20  # target clips to adapt on
+    heldout: int = 8  # held-out target clips to measure learning on
     lam: float = 1000.0  # penalty strength of LoRA + K-FAC, in pretraining utterances
     steps: int = 200
     rank: int = 8
     curvature_utterances: int = 400
     old_speakers: int = 4
+    unseen_speakers: int = 2
     per_speaker: int = 2
     seed: int = 0
 
@@ -40,46 +42,39 @@ def _manifest(corpus: Path) -> list[dict]:
 def choose_target(corpus: Path) -> str:
     """The corpus's flite ``slt`` target speaker if there is one, else its first target speaker."""
     targets = sorted({r["speaker"] for r in _manifest(corpus) if r["speaker_set"] == "target"})
+    if not targets:
+        raise ValueError(f"{corpus}: no speaker of the 'target' set in manifest.csv; name one with --target-speaker")
     slt = [t for t in targets if "slt" in t]
     return (slt or targets)[0]
 
 
-def choose_old_speakers(corpus: Path, count: int, known: list[str]) -> list[str]:
-    """Pretraining speakers the model knows, alternating flite and espeak-ng voices (deterministic)."""
-    pre = sorted({r["speaker"] for r in _manifest(corpus) if r["speaker_set"] == "pretrain"} & set(known))
-    if not pre:
-        raise ValueError(f"none of the pretraining speakers of {corpus} is a speaker of the base model; "
-                         "the quickstart needs a model pretrained on this corpus")
-    flite = [s for s in pre if s.startswith("fl")]
-    espeak = [s for s in pre if not s.startswith("fl")]
-    mixed = [s for pair in zip(flite, espeak) for s in pair] + flite[len(espeak):] + espeak[len(flite):]
-    return mixed[:count]
-
-
-def prepare_target_clips(corpus: Path, speaker: str, clips: int, out: Path) -> list[str]:
-    """Copy ``clips`` training clips of ``speaker`` (wav + txt) into ``out``, as a user would provide them."""
-    rows = [r for r in _manifest(corpus) if r["speaker"] == speaker and r["split"] == "train"][:clips]
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
+def quickstart_table(rows: list[dict], seconds: dict[str, float]) -> str:
+    """A plain-text table: the base model and each adapter, learning and forgetting side by side."""
+    head = (f"{'model':<12} {'target sim':>10} {'target MCD':>10} {'old MCD':>8} {'old dMCD':>9} "
+            f"{'unseen dMCD':>11} {'time (s)':>9}")
+    lines = [head, "-" * len(head)]
+    first = rows[0]
+    lines.append(f"{'base':<12} {first['base_target_similarity']:>10.3f} {first['base_target_mcd']:>10.2f} "
+                 f"{first['base_old_mcd']:>8.2f} {0.0:>+9.2f} {0.0:>+11.2f} {'-':>9}")
     for r in rows:
-        wav = out / Path(r["audio"]).name
-        if not wav.is_file():
-            shutil.copyfile(corpus / r["audio"], wav)
-        (out / f"{wav.stem}.txt").write_text(r["text"] + "\n", encoding="utf-8")
-        paths.append(str(wav))
-    return paths
+        unseen = f"{r['unseen_dmcd']:>+11.2f}" if r["unseen_dmcd"] is not None else f"{'-':>11}"
+        lines.append(f"{r['cell']:<12} {r['target_similarity']:>10.3f} {r['target_mcd']:>10.2f} "
+                     f"{r['base_old_mcd'] + r['old_dmcd']:>8.2f} {r['old_dmcd']:>+9.2f} {unseen} "
+                     f"{seconds.get(r['cell'], float('nan')):>9.0f}")
+    return "\n".join(lines)
 
 
 def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartConfig(), *, model=None,
                    progress: bool = True, echo=print) -> dict:
     from tts_adapt.adapt.config import AdaptConfig
-    from tts_adapt.adapt.train import adapt
-    from tts_adapt.curvature.run import fit_curvature_file
-    from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
     from tts_adapt.data.corpus import CorpusConfig, build_corpus
-    from tts_adapt.evaluate.forgetting import compare_models, table
+    from tts_adapt.data.target import prepare_target
+    from tts_adapt.evaluate.adapter import evaluate_adapter
+    from tts_adapt.evaluate.learning import RealAudio
+    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.evaluate.sweep import SweepConfig, adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
-    from tts_adapt.models.synthesis import Synthesizer, default_model_dir
+    from tts_adapt.models.synthesis import default_model_dir
 
     workdir = Path(workdir)
     t_all = time.time()
@@ -96,59 +91,51 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     echo(f"[2/5] base model {model_dir}: {base.name}, {base.num_parameters() / 1e6:.2f} M parameters, "
          f"{len(base.speakers.names)} speakers, {base.info.get('steps', '?')} training steps")
 
-    kfac = workdir / "kfac.safetensors"
     t0 = time.time()
-    try:
-        Curvature.load(kfac, base)
-        echo(f"[3/5] reusing K-FAC curvature {kfac}")
-    except (CurvatureFileError, CurvatureMismatchError):
-        echo(f"[3/5] fitting K-FAC curvature on {config.curvature_utterances} pretraining utterances -> {kfac}")
-        kfac.unlink(missing_ok=True)
-        _, summary = fit_curvature_file(model_dir, corpus, kfac, num_utterances=config.curvature_utterances,
-                                        seed=config.seed, progress=progress)
-        echo(f"      {summary['layers']} layers in {summary['seconds']:.0f} s, {summary['size_mb']:.1f} MB")
+    echo(f"[3/5] K-FAC curvature of {config.curvature_utterances} pretraining utterances (fitted once, then reused)")
+    kfac = ensure_curvature(model_dir, base, corpus, workdir, "kfac",
+                            SweepConfig(curvature_utterances=config.curvature_utterances, seed=config.seed),
+                            layout="auto", cache_dir=None, progress=progress, echo=lambda m: echo(f"      {m}"))
     seconds["curvature"] = time.time() - t0
 
     target = choose_target(corpus)
-    clips_dir = workdir / "target_clips" / target
-    references = prepare_target_clips(corpus, target, config.clips, clips_dir)
-    echo(f"[4/5] adapting to held-out speaker {target} from {len(references)} clips in {clips_dir}")
-    adapters = {}
+    prepared = prepare_target(corpus, target, workdir / "target", clips=config.clips, heldout=config.heldout,
+                              seed=config.seed)
+    echo(f"[4/5] adapting to held-out speaker {target} from {prepared.clips} clips in {prepared.clips_dir}")
+    adapters, cards = {}, {}
     for strategy in QUICKSTART_STRATEGIES:
         name = "lora" if strategy == "lora" else f"lora+{strategy}"
-        out = workdir / "adapters" / name
         cfg = AdaptConfig(strategy=strategy, lam=0.0 if strategy == "lora" else config.lam, steps=config.steps,
                           rank=config.rank, seed=config.seed)
-        run_json = out / "run.json"
-        if run_json.is_file() and json.loads(run_json.read_text())["config"] == cfg.to_dict() and \
-                json.loads(run_json.read_text())["base_model"] == str(model_dir):
-            card = json.loads(run_json.read_text())
-            echo(f"      {name}: reusing {out}")
-        else:
-            if out.exists():
-                shutil.rmtree(out)
-            card = adapt(clips_dir, out, model_dir, cfg, curvature=kfac if strategy != "lora" else None,
-                         progress=progress)
-            echo(f"      {name}: {card['steps']} steps ({card['stopped']}) in {card['wall_seconds']:.0f} s")
+        out = workdir / "adapters" / name
+        card = adapt_cell(out, prepared.clips_dir, model_dir, cfg, kfac if strategy != "lora" else None, progress,
+                          echo=lambda m: echo(f"      {m}"))
+        echo(f"      {name}: {card['steps']} steps ({card['stopped']}) in {card['wall_seconds']:.0f} s -> {out}")
         seconds[name] = card["wall_seconds"]
-        adapters[name] = out
+        adapters[name], cards[name] = out, card
 
-    old = choose_old_speakers(corpus, config.old_speakers, base.speakers.names)
-    echo(f"[5/5] synthesising the target's held-out sentences and those of old speakers {', '.join(old)}")
+    echo(f"[5/5] evaluating: the target's {prepared.heldout} held-out clips, {config.old_speakers} old and "
+         f"{config.unseen_speakers} unseen speakers, base model against each adapter")
     t0 = time.time()
-    synths = {"base": Synthesizer(model_dir)}
-    synths.update({name: Synthesizer(model_dir, adapter=path) for name, path in adapters.items()})
-    scores = compare_models(synths, corpus, target, references, old, per_speaker=config.per_speaker,
-                            wav_dir=workdir / "wavs", progress=progress)
+    real, encoder = RealAudio(base.audio.sample_rate), SpeakerEncoder()
+    rows = []
+    for name, path in adapters.items():
+        report = evaluate_adapter(path, model=model_dir, old_speakers=config.old_speakers,
+                                  unseen_speakers=config.unseen_speakers, per_speaker=config.per_speaker,
+                                  real=real, encoder=encoder, progress=progress)
+        row = cell_row(name, cards[name]["config"]["strategy"], cards[name]["config"]["lam"], cards[name], report)
+        row["base_old_mcd"] = next(r["base"] for r in report["rows"]
+                                   if r["set"] == "pretrain" and r["metric"] == "mcd_db")
+        rows.append(row)
     seconds["evaluation"] = time.time() - t0
     echo("")
-    echo(table(scores, seconds={k: v for k, v in seconds.items() if k in synths}))
+    echo(quickstart_table(rows, seconds))
     echo("")
-    echo("target sim: speaker similarity to the real held-out clips (higher is better); MCD: mel-cepstral "
-         "distortion in dB (lower is better); old dMCD: change of the old speakers' MCD from the base model "
-         "(forgetting; closer to 0 is better).")
+    echo("target sim: speaker similarity to the target's real held-out clips (higher is better); MCD: "
+         "mel-cepstral distortion in dB (lower is better); old / unseen dMCD: change of the MCD of old "
+         "(pretraining) speakers and of unseen voices spoken zero-shot, from the base model's (forgetting; "
+         "closer to 0 is better).")
     total = time.time() - t_all
-    echo(f"done in {total:.0f} s. Listen to {workdir / 'wavs'} (one folder per model and speaker); "
-         f"adapters in {workdir / 'adapters'}.")
-    return {"scores": [s.__dict__ for s in scores], "seconds": seconds, "total_seconds": total, "target": target,
-            "old_speakers": old}
+    echo(f"done in {total:.0f} s. Reports with spectrograms and wavs: {workdir / 'adapters'}/<model>/eval/ ; "
+         f"listen side by side with: tts-adapt demo --adapters {workdir / 'adapters'}")
+    return {"rows": rows, "seconds": seconds, "total_seconds": total, "target": target}

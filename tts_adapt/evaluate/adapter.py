@@ -90,9 +90,10 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
     adapted = Synthesizer(model_dir, adapter=adapter)
     base_backend = TTSBackend.from_pretrained(model_dir)
     d_vector = None
-    if base_backend.speakers.kind == "d_vector":  # the base model speaks the target zero-shot
-        with safe_open(str(adapter / TARGET_FILE), "pt") as fh:
+    with safe_open(str(adapter / TARGET_FILE), "pt") as fh:
+        if "d_vector" in fh.keys():  # a d-vector model: the base model speaks the target zero-shot
             d_vector = fh.get_tensor("d_vector")
+    if d_vector is not None:
         add_target_speaker(base_backend, d_vector)
     base = Synthesizer(base_backend)
     sr = adapted.sample_rate
@@ -107,7 +108,8 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
                               old_speakers=old_speakers, unseen_speakers=unseen_speakers, per_speaker=per_speaker,
                               zero_shot=base_backend.speakers.kind == "d_vector")
 
-    real = real or RealAudio(sr)
+    if real is None or real.sample_rate != sr:
+        real = RealAudio(sr)
     encoder = encoder or SpeakerEncoder()
     base_items = items if d_vector is not None else [i for i in items if i.set != "target"]
     key = base_cache_key(base_backend, base_items, d_vector)
@@ -117,11 +119,9 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
     else:
         base_scores = score_model(base, base_items, real, encoder, cache_dir=cache, name="base",
                                   wav_dir=out / "wavs" / "base" if save_wavs else None, progress=progress)
-        base_scores.pop("mels")
         write_json_atomic(base_file, base_scores)
     adapted_scores = score_model(adapted, items, real, encoder, cache_dir=cache, name="adapted",
                                  wav_dir=out / "wavs" / "adapted" if save_wavs else None, progress=progress)
-    adapted_scores.pop("mels")
     rows = summary_rows(base_scores, adapted_scores)
 
     pictures = _mel_images(items, base, adapted, out, images) if images else []
@@ -174,7 +174,8 @@ def _mel_images(items, base, adapted, out: Path, count: int) -> list[Path]:
         for name, synth in (("base model", base), ("adapted", adapted)):
             if it.set == "target" and "target" not in synth.backend.speakers.names:
                 continue
-            panels.append((name, synth.mel(it.text, speaker=it.speaker).cpu().numpy()))
+            spoken = synth.speak(it.text, speaker=it.speaker)  # the mel of the waveform, for every backend
+            panels.append((name, logmel(torch.as_tensor(spoken)).numpy()))
         lo = min(p.min() for _, p in panels)
         hi = max(p.max() for _, p in panels)
         fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.2 * len(panels)), sharex=False)

@@ -157,27 +157,28 @@ def _mel_losses(backend, items: list[EvalUtterance], cache_dir: Path, progress: 
 
 
 def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, cache_dir: Path, name: str,
-                wav_dir: Path | None = None, keep_mels: set[str] | None = None, progress: bool = True) -> dict:
+                wav_dir: Path | None = None, progress: bool = True) -> dict:
     """Per-utterance measures, per-speaker similarity and per-set mel loss of one model (a Synthesizer)."""
     from tts_adapt.data.audio import save_audio
     from tts_adapt.evaluate.metrics import analyse, compare
     from tts_adapt.evaluate.speaker import cosine_matrix
 
     sr = synth.sample_rate
-    rows, wavs_by_speaker, mels = [], defaultdict(list), {}
+    rows, wavs_by_speaker = [], defaultdict(list)
+    from tts_adapt.models.synthesis import reference_d_vector
+
+    voices: dict[tuple, torch.Tensor] = {}  # zero-shot voices: one embedding per speaker, by the model's encoder
     for it in tqdm(items, desc=f"synthesising and scoring ({name})", unit="utt", disable=not progress):
         if it.references:
-            from tts_adapt.models.synthesis import reference_d_vector
-
-            mel = synth.mel(it.text, d_vector=reference_d_vector(it.references, sr))
+            key = tuple(it.references)
+            if key not in voices:
+                voices[key] = reference_d_vector(it.references, sr, synth.backend)
+            wav = synth.speak(it.text, d_vector=voices[key])
         else:
-            mel = synth.mel(it.text, speaker=it.speaker)
-        wav = synth.vocoder(mel).cpu().numpy().astype(np.float32)
+            wav = synth.speak(it.text, speaker=it.speaker)
         m = compare(analyse(wav, sr), real.analysis(it.audio))
         rows.append({"set": it.set, "speaker": it.speaker, "utt_id": it.utt_id, **m})
         wavs_by_speaker[(it.set, it.speaker)].append(wav)
-        if keep_mels is not None and it.utt_id in keep_mels:
-            mels[it.utt_id] = mel.cpu().numpy()
         if wav_dir is not None:
             save_audio(wav_dir / it.speaker / f"{it.utt_id}.wav", wav, sr)
     real_paths = defaultdict(list)
@@ -188,7 +189,7 @@ def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, 
         syn = encoder.embed_speaker(wavs, sample_rate=sr)
         similarity["/".join(key)] = float(cosine_matrix(syn[None], real.embedding(encoder, real_paths[key])[None])[0, 0])
     return {"utterances": rows, "similarity": similarity,
-            "mel_loss": _mel_losses(synth.backend, items, cache_dir, progress), "mels": mels}
+            "mel_loss": _mel_losses(synth.backend, items, cache_dir, progress)}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:

@@ -78,13 +78,15 @@ def cell_name(strategy: str, lam: float) -> str:
     return "lora" if strategy == "lora" else f"{strategy}_lam{lam:g}"
 
 
-def _adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
+def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
+    """A finished adapter in ``folder`` with these settings, else adapt (resuming an interrupted run)."""
     from tts_adapt.adapt.train import adapt
 
     run_json = folder / "run.json"
     if run_json.is_file():
         card = json.loads(run_json.read_text(encoding="utf-8"))
-        if card.get("config") == cfg.to_dict() and card.get("base_model") == str(model_dir):
+        if card.get("config") == cfg.to_dict() and card.get("base_model") == str(model_dir) \
+                and card.get("target_dir") == str(clips_dir):
             return card
         echo(f"      {folder}: settings changed, adapting again")
         shutil.rmtree(folder)
@@ -148,7 +150,7 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
         cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
                           seed=config.seed)
         echo(f"[{k}/{len(cells)}] {name}")
-        card = _adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(CURVATURE_OF.get(strategy)),
+        card = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(CURVATURE_OF.get(strategy)),
                            progress, echo)
         report_file = folder / "eval" / "report.json"
         if report_file.is_file() and report_file.stat().st_mtime >= (folder / "run.json").stat().st_mtime:

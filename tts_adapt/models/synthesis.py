@@ -91,9 +91,11 @@ class Synthesizer:
         return torch.cat(parts, dim=1)
 
     def speak(self, text: str, speaker: str | None = None, speaker_wavs: Sequence[str | Path] | None = None,
-              length_scale: float = 1.0) -> np.ndarray:
-        """Waveform ``(samples,)`` float32 at :attr:`sample_rate`."""
-        d_vector = reference_d_vector(speaker_wavs, self.sample_rate, self.backend) if speaker_wavs else None
+              length_scale: float = 1.0, d_vector: torch.Tensor | None = None) -> np.ndarray:
+        """Waveform ``(samples,)`` float32 at :attr:`sample_rate`, in the voice of ``speaker`` (a name), of
+        ``speaker_wavs`` (reference clips, zero-shot) or of a precomputed ``d_vector``."""
+        if speaker_wavs:
+            d_vector = reference_d_vector(speaker_wavs, self.sample_rate, self.backend)
         if d_vector is None and speaker is None:  # an adapter's own voice, else the first speaker
             names = self.backend.speakers.names
             speaker = "target" if "target" in names else names[0]
