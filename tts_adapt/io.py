@@ -45,5 +45,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Rows as CSV with a header (the first row's keys unless ``fieldnames`` is given)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    fields = fieldnames or (list(rows[0]) if rows else [])
+    if fields:
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
 def write_json_atomic(path: str | os.PathLike, obj, *, indent: int = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")

@@ -7,8 +7,6 @@ so they are cached (a sweep scores the base model once).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -19,7 +17,7 @@ import numpy as np
 
 from tts_adapt.evaluate.learning import (DEFINITIONS, LOWER_IS_BETTER, RealAudio, base_cache_key,
                                          score_model, select_utterances, summary_rows)
-from tts_adapt.io import atomic_path, write_json_atomic, write_text_atomic
+from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 
 METRIC_LABELS = {"mcd_db": "MCD-DTW (dB)", "f0_rmse_hz": "F0 RMSE (Hz)", "voicing_error": "voicing error",
                  "similarity": "speaker similarity", "mel_loss": "mel loss (teacher-forced)"}
@@ -136,22 +134,20 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
     }
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", to_markdown(report))
-    write_text_atomic(out / "utterances.csv", _utterance_csv(base_scores, adapted_scores))
+    write_csv_atomic(out / "utterances.csv", _utterance_rows(base_scores, adapted_scores),
+                     ["set", "speaker", "utt_id", "metric", "base", "adapted"])
     return report
 
 
-def _utterance_csv(base: dict, adapted: dict) -> str:
+def _utterance_rows(base: dict, adapted: dict) -> list[dict]:
     b_by = {(r["set"], r["speaker"], r["utt_id"]): r for r in base["utterances"]}
-    buf = io.StringIO()
-    fields = ["set", "speaker", "utt_id", "metric", "base", "adapted"]
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
+    rows = []
     for r in adapted["utterances"]:
         b = b_by.get((r["set"], r["speaker"], r["utt_id"]), {})
         for metric in ("mcd_db", "f0_rmse_hz", "voicing_error"):
-            writer.writerow({"set": r["set"], "speaker": r["speaker"], "utt_id": r["utt_id"], "metric": metric,
-                             "base": b.get(metric), "adapted": r[metric]})
-    return buf.getvalue()
+            rows.append({"set": r["set"], "speaker": r["speaker"], "utt_id": r["utt_id"], "metric": metric,
+                         "base": b.get(metric), "adapted": r[metric]})
+    return rows
 
 
 def _mel_images(items, base, adapted, out: Path, count: int) -> list[Path]:

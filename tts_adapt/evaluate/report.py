@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from pathlib import Path
 
-from tts_adapt.io import write_json_atomic, write_text_atomic
+from tts_adapt.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
 METRIC_DEFINITIONS = {
     "mcd_db": "mel-cepstral distortion (dB), order-24 mel-cepstra (pysptk mcep), c0 excluded, silence trimmed, "
@@ -43,13 +41,7 @@ def evaluate_base_model(model: str | Path | None, corpus: str | Path, out: str |
         "seconds": round(time.time() - t0, 1),
     }
     report["markdown"] = to_markdown(report)
-    rows = scores_to_rows(scores)
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text_atomic(out / "speakers.csv", buf.getvalue())
+    write_csv_atomic(out / "speakers.csv", scores_to_rows(scores))
     write_json_atomic(out / "report.json", {k: v for k, v in report.items() if k != "markdown"})
     write_text_atomic(out / "report.md", report["markdown"])
     return report

@@ -13,8 +13,6 @@ is kept, an interrupted one resumes, a report newer than its adapter is reused.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import shutil
@@ -304,7 +302,7 @@ def to_markdown(rows: list[dict], summary: dict) -> str:
                          f"{h['lora']['old_dmcd']:+.2f}): forgetting cut by {100 * k['forgetting_reduction']:.0f} % "
                          f"(goal 50 %: {'met' if h['goal_met'] else 'not met'}).")
             d = h.get("diag_old_dmcd_at_same_similarity")
-            lines.append(f"- diagonal Fisher at the same target similarity: old-speaker ΔMCD "
+            lines.append("- diagonal Fisher at the same target similarity: old-speaker ΔMCD "
                          + (f"{d:+.2f} dB" if d is not None else "not reached by the diagonal curve of this grid")
                          + ".")
     return "\n".join(lines) + "\n"
@@ -355,14 +353,9 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
-    from tts_adapt.io import write_json_atomic, write_text_atomic
+    from tts_adapt.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text_atomic(out / "table.csv", buf.getvalue())
+    write_csv_atomic(out / "table.csv", rows)
     write_text_atomic(out / "table.md", to_markdown(rows, summary))
     write_json_atomic(out / "summary.json", summary)
     pareto_plot(rows, out / "pareto.png")
