@@ -117,11 +117,13 @@ def cmd_synthesize(args) -> int:
 
 # ----------------------------------------------------------------------------- fit-curvature
 def cmd_fit_curvature(args) -> int:
+    from tts_adapt.adapt.config import CurvatureConfig
     from tts_adapt.curvature.run import fit_curvature_file
 
+    c = config_from_args(args, CurvatureConfig, "curvature")
     curvature, summary = fit_curvature_file(
-        args.model, args.data, args.out, method=args.method, fisher=args.fisher, targets=args.targets,
-        num_utterances=args.num_utterances, batch_size=args.batch_size, seed=args.seed, layout=args.layout,
+        args.model, args.data, args.out, method=c.method, fisher=c.fisher, targets=args.targets,
+        num_utterances=c.num_utterances, batch_size=c.batch_size, seed=c.seed, layout=args.layout,
         cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet)
     if summary["size_mb"] is not None:
         print(f"{curvature.method} ({curvature.fisher} Fisher) of {summary['layers']} layers on "
@@ -136,7 +138,8 @@ def cmd_adapt(args) -> int:
 
     config = config_from_args(args, AdaptConfig, "adapt")
     card = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
-                 resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet)
+                 resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet,
+                 min_clips=args.min_clips, max_clips=args.max_clips)
     print(f"adapter saved in {args.out}: {card['steps']} steps ({card['stopped']}), best validation loss "
           f"{card['best_val_loss']:.4f}, {card['wall_seconds']:.0f} s")
     return 0
@@ -176,10 +179,19 @@ def cmd_evaluate(args) -> int:
 
 # ----------------------------------------------------------------------------- prepare-target, sweep
 def cmd_prepare_target(args) -> int:
+    from tts_adapt.adapt.config import TargetConfig
     from tts_adapt.data.target import prepare_target
 
-    t = prepare_target(args.data, args.speaker, args.out, clips=args.clips, heldout=args.heldout,
-                       layout=args.layout, seed=args.seed)
+    c = config_from_args(args, TargetConfig, "target")
+    speaker = c.speaker
+    if not speaker:
+        if not (Path(args.data) / "manifest.csv").is_file():
+            raise ValueError("give the speaker to clone: --speaker, or 'speaker:' in the 'target:' section of --config")
+        from tts_adapt.quickstart import choose_target
+
+        speaker = choose_target(Path(args.data))  # the embedded corpus names its target speakers
+    t = prepare_target(args.data, speaker, args.out, clips=c.clips, heldout=c.heldout, layout=args.layout,
+                       seed=c.seed)
     print(f"{t.speaker}: {t.clips} adaptation clips in {t.clips_dir}, {t.heldout} held-out clips in {t.heldout_dir}")
     return 0
 
@@ -311,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
     p.set_defaults(func=cmd_synthesize)
 
+    from tts_adapt.adapt.config import CurvatureConfig, TargetConfig
+
     p = sub.add_parser("fit-curvature", help="fit K-FAC / EK-FAC / diagonal Fisher of the pretraining data",
                        description="Fit the curvature of the layers LoRA adapts on N pretraining utterances "
                                    "(streamed from disk; memory does not grow with N) and save it as safetensors "
@@ -318,25 +332,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "torchrun: torchrun --nproc_per_node 2 -m tts_adapt.cli fit-curvature ...")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped base model)")
     p.add_argument("--data", required=True, type=Path, help="pretraining data (the embedded corpus or any layout)")
-    p.add_argument("--method", choices=["kfac", "ekfac", "diag"], default="kfac", help="curvature (default: kfac)")
     p.add_argument("--out", required=True, type=Path, help="curvature file to write (.safetensors)")
     p.add_argument("--targets", nargs="+", default=None, help="module names (default: the backend's LoRA targets)")
-    p.add_argument("--fisher", choices=["empirical", "mc"], default="empirical",
-                   help="gradients from real targets or from targets sampled from the model (default: empirical)")
-    p.add_argument("--num-utterances", type=int, default=1000, help="utterances to fit on (default: 1000)")
-    p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default: 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the utterance sample and MC targets")
     p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_config_flags(p, CurvatureConfig)
     p.set_defaults(func=cmd_fit_curvature)
 
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.config import MAX_CLIPS, MIN_CLIPS, AdaptConfig
 
     p = sub.add_parser("adapt", help="clone a voice: LoRA fine-tuning under a Laplace penalty",
                        description="Fine-tune LoRA adapters of the base model on 10-50 clips of a target speaker "
-                                   "(*.wav with same-named *.txt, or metadata.csv), with loss = TTS loss + "
+                                   "(--max-clips for more; *.wav with same-named *.txt, or metadata.csv), with "
+                                   "loss = TTS loss + "
                                    "(lam/2) * penalty. Held-out clips are split off for validation and early "
                                    "stopping. --resume continues an interrupted run exactly.")
     p.add_argument("--target-dir", required=True, type=Path, help="folder of the target speaker's clips")
@@ -346,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", default=None,
                    help="module names to adapt (default: those of the curvature file, else the backend's)")
     p.add_argument("--val-dir", type=Path, default=None, help="held-out clips (default: split off the target's)")
+    p.add_argument("--min-clips", type=int, default=MIN_CLIPS,
+                   help=f"fewest usable clips accepted (default: {MIN_CLIPS})")
+    p.add_argument("--max-clips", type=int, default=MAX_CLIPS,
+                   help=f"use at most the first N clips of --target-dir (default: {MAX_CLIPS})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -385,12 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a speaker's adaptation clips (OUT/clips) and disjoint held-out clips "
                                    "(OUT/heldout) from any supported dataset, as wav + txt, for adapt and evaluate.")
     p.add_argument("--data", required=True, type=Path, help="dataset root")
-    p.add_argument("--speaker", required=True, help="speaker to take (e.g. p248)")
     p.add_argument("--out", required=True, type=Path, help="target folder")
-    p.add_argument("--clips", type=int, default=20, help="adaptation clips (default: 20)")
-    p.add_argument("--heldout", type=int, default=8, help="held-out clips (default: 8)")
     p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (datasets without one)")
+    add_config_flags(p, TargetConfig)
     p.set_defaults(func=cmd_prepare_target)
 
     from tts_adapt.evaluate.sweep import SweepConfig

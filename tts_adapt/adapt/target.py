@@ -6,12 +6,12 @@ import logging
 import random
 from pathlib import Path
 
+from tts_adapt.adapt.config import MAX_CLIPS, MIN_CLIPS
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.samples import InputReport, Utterance
 from tts_adapt.data.validation import AudioChecks
 
 log = logging.getLogger(__name__)
-MIN_CLIPS, MAX_CLIPS = 10, 50
 
 
 class TargetDataError(ValueError):

@@ -30,7 +30,7 @@ from tts_adapt.adapt.config import AdaptConfig
 from tts_adapt.adapt.lora import (exact_attention_forward, is_adapter_parameter, lora_factors, lora_parameters,
                                   wrap_with_lora)
 from tts_adapt.adapt.penalty import get_strategy
-from tts_adapt.adapt.target import MIN_CLIPS, read_target_clips, split_heldout
+from tts_adapt.adapt.target import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.base import TTSBackend
 
@@ -84,12 +84,14 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
           config: AdaptConfig = AdaptConfig(), *, curvature: str | Path | None = None,
           targets: list[str] | None = None, resume: bool = False, val_dir: str | Path | None = None,
           cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
-          min_clips: int = MIN_CLIPS, on_step: Callable[[int, int, dict], bool] | None = None) -> dict:
+          min_clips: int = MIN_CLIPS, max_clips: int | None = MAX_CLIPS,
+          on_step: Callable[[int, int, dict], bool] | None = None) -> dict:
     """Fine-tune LoRA on the target clips; returns the run card (also written to ``out/run.json``).
 
     ``stop_after`` ends this call after that many steps, leaving a resumable
     checkpoint (as an interruption would). ``min_clips`` is the fewest usable target
-    clips accepted. ``on_step(step, total_steps, row)`` is called after every optimizer
+    clips accepted, ``max_clips`` the most used (the first ones; ``None``: all).
+    ``on_step(step, total_steps, row)`` is called after every optimizer
     step with that step's curve row; returning ``False`` ends the run there with
     ``stopped="cancelled"`` (the adapter of the best validation so far is saved).
     """
@@ -97,6 +99,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
 
     from tts_adapt.models.synthesis import default_model_dir
 
+    if max_clips is not None and max_clips < min_clips:
+        raise ValueError(f"max_clips ({max_clips}) is below min_clips ({min_clips})")
     out = Path(out)
     t0 = time.time()
     model_dir = Path(model) if model else default_model_dir()
@@ -111,7 +115,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         raise ValueError(f"{ckpt}: the interrupted run used other settings ({state['config']}); "
                          "resume with the same ones")
 
-    clips, report = read_target_clips(target_dir, backend.audio.sample_rate, min_clips=min_clips)
+    clips, report = read_target_clips(target_dir, backend.audio.sample_rate, min_clips=min_clips,
+                                      max_clips=max_clips if max_clips is not None else 10 ** 9)
     if val_dir:
         val_clips, _ = read_target_clips(val_dir, backend.audio.sample_rate, min_clips=1)
         train_clips = clips

@@ -37,7 +37,7 @@ def condition_unknown_speakers(backend, utts: list, progress: bool = True, per_s
     from tts_adapt.models.speakers import SpeakerTable
 
     table = backend.speakers
-    unknown = sorted(s for s in {u.speaker for u in utts} if not _known(table, s))
+    unknown = sorted(s for s in {u.speaker for u in utts} if not table.knows(s))
     if not unknown:
         return utts
     if table.kind == "id_table":
@@ -54,16 +54,6 @@ def condition_unknown_speakers(backend, utts: list, progress: bool = True, per_s
     emb = torch.cat([table.embeddings, torch.stack(vectors)])
     backend.speakers = SpeakerTable("d_vector", table.names + unknown, emb, table.sets)
     return utts
-
-
-def _known(table, speaker: str) -> bool:
-    from tts_adapt.models.speakers import UnknownSpeakerError
-
-    try:
-        table.index(speaker)
-        return True
-    except UnknownSpeakerError:
-        return False
 
 
 def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Path, *, method: str = "kfac",
@@ -86,6 +76,8 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
                                 **kwargs)
     if not utts:
         raise ValueError(f"{data}: no usable utterances to fit the curvature on\n{report.summary()}")
+    if backend.speakers.kind == "id_table":  # leave out the speakers it has no ID for before taking N
+        utts = condition_unknown_speakers(backend, utts, progress=progress and rank == 0)
     if num_utterances is not None and num_utterances < len(utts):
         utts = sorted(random.Random(seed).sample(utts, num_utterances), key=lambda u: u.audio_path)
     elif num_utterances is not None and num_utterances > len(utts):

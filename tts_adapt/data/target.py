@@ -67,7 +67,7 @@ def split_speaker(utts: list[Utterance], speaker: str, clips: int, heldout: int,
         speakers = sorted({u.speaker for u in utts})
         shown = ", ".join(speakers[:20]) + (" ..." if len(speakers) > 20 else "")
         raise ValueError(f"speaker {speaker!r} is not in the dataset; its speakers are: {shown}")
-    if any(u.split for u in mine):  # the embedded corpus: its own split
+    if any("/" in (u.split or "") for u in mine):  # the embedded corpus: its own split ("pretrain/heldout")
         train = [u for u in mine if not (u.split or "").endswith("heldout")]
         held = [u for u in mine if (u.split or "").endswith("heldout")]
     else:

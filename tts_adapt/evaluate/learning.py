@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.samples import Utterance
 
+log = logging.getLogger(__name__)
 EVAL_VERSION = 1  # bump when a measure changes: cached base-model scores are then recomputed
 SETS = ("target", "pretrain", "unseen")
 UTTERANCE_METRICS = ("mcd_db", "f0_rmse_hz", "voicing_error")
@@ -73,8 +75,14 @@ def select_utterances(known: list[str], data_utts: list[Utterance] | None, targe
                       target_speaker: str | None = None, old_speakers: int = 8, unseen_speakers: int = 6,
                       per_speaker: int = 2, references: int = 5, zero_shot: bool = True) -> list[EvalUtterance]:
     """The evaluation utterances: all of ``target_heldout``, and ``per_speaker`` held-out utterances of
-    ``old_speakers`` speakers the model knows and of ``unseen_speakers`` it does not (from ``data_utts``)."""
+    ``old_speakers`` speakers the model knows and of ``unseen_speakers`` it does not (from ``data_utts``).
+
+    ``known`` are the model's speaker names; a dataset speaker is known when the model's speaker table
+    matches it (:meth:`SpeakerTable.index`: the VCTK reader's ``p225`` is a zoo model's ``VCTK_p225``).
+    The target speaker is never an old or unseen speaker.
+    """
     from tts_adapt.data.target import split_speaker
+    from tts_adapt.models.speakers import SpeakerTable
 
     items = [EvalUtterance("target", "target", u.utt_id or Path(u.audio_path).stem, u.text, u.audio_path)
              for u in target_heldout]
@@ -83,10 +91,17 @@ def select_utterances(known: list[str], data_utts: list[Utterance] | None, targe
     by_speaker: dict[str, list[Utterance]] = defaultdict(list)
     for u in data_utts:
         by_speaker[u.speaker].append(u)
-    known_set = set(known) - {"target"}
-    sets = {s: (v[0].split or "").split("/")[0] for s, v in by_speaker.items()}
-    old = [s for s in by_speaker if s in known_set]
-    new = [s for s in by_speaker if s not in known_set and s != target_speaker]
+    table = SpeakerTable("id_table", [n for n in known if n != "target"])
+    # the embedded corpus's splits name the speaker set ("unseen/train"); LibriTTS's name a subset
+    sets = {s: (v[0].split or "").split("/")[0] if "/" in (v[0].split or "") else "" for s, v in by_speaker.items()}
+    old = [s for s in by_speaker if s != target_speaker and table.knows(s)]
+    new = [s for s in by_speaker if s != target_speaker and not table.knows(s)]
+    if not old:
+        shown = ", ".join(sorted(by_speaker)[:6]) + (" ..." if len(by_speaker) > 6 else "")
+        model = ", ".join(table.names[:6]) + (" ..." if len(table.names) > 6 else "")
+        log.warning("none of the dataset's %d speakers (%s) is a speaker of the model (%s): forgetting of old "
+                    "speakers is not measured; give --data a dataset of the model's pretraining speakers",
+                    len(by_speaker), shown, model or "no named speakers")
     if any(sets.values()):  # the embedded corpus names its unseen speakers
         new = [s for s in new if sets[s] == "unseen"]
     chosen = [("pretrain", s) for s in _spread(old, old_speakers)]
@@ -131,15 +146,12 @@ class RealAudio:
 
 def _mel_losses(backend, items: list[EvalUtterance], cache_dir: Path, progress: bool) -> dict[str, float]:
     """Teacher-forced loss per set, on the real recordings (speaker ``target`` for the target set)."""
-    from tts_adapt.models.features import extract_features
-
     out = {}
     for group in ("target", "pretrain"):
         utts = [Utterance(i.audio, i.text, i.speaker, utt_id=i.utt_id) for i in items if i.set == group]
         if not utts:
             continue
-        feats = extract_features(utts, cache_dir, backend.audio, backend.text_to_ids, backend.text_config,
-                                 progress=False)
+        feats = backend.extract_features(utts, cache_dir, progress=False)  # the model's own features (VITS: + wav)
         for f, u in zip(feats, utts):
             f.speaker = u.speaker
         was = backend.model.training
@@ -186,7 +198,12 @@ def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, 
         real_paths[(it.set, it.speaker)].append(it.audio)
     similarity = {}
     for key, wavs in wavs_by_speaker.items():
-        syn = encoder.embed_speaker(wavs, sample_rate=sr)
+        try:
+            syn = encoder.embed_speaker(wavs, sample_rate=sr)
+        except ValueError as err:  # the model spoke (nearly) silence: no similarity, the other measures stand
+            log.warning("%s: no speaker similarity for %s (%s)", name, "/".join(key), err)
+            similarity["/".join(key)] = float("nan")
+            continue
         similarity["/".join(key)] = float(cosine_matrix(syn[None], real.embedding(encoder, real_paths[key])[None])[0, 0])
     return {"utterances": rows, "similarity": similarity,
             "mel_loss": _mel_losses(synth.backend, items, cache_dir, progress)}

@@ -89,7 +89,9 @@ def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, p
         echo(f"      {folder}: settings changed, adapting again")
         shutil.rmtree(folder)
     resume = (folder / "checkpoint" / "state.pt").is_file()
-    return adapt(clips_dir, folder, model_dir, cfg, curvature=curvature, resume=resume, progress=progress)
+    # every clip of the folder: the sweep chose their number (config.clips) or the user did (--target-dir)
+    return adapt(clips_dir, folder, model_dir, cfg, curvature=curvature, resume=resume, progress=progress,
+                 max_clips=None)
 
 
 def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: str | Path | None = None,

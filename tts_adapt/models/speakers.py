@@ -65,6 +65,14 @@ class SpeakerTable:
             shown = ", ".join(self.names[:12]) + (" ..." if len(self.names) > 12 else "")
             raise UnknownSpeakerError(f"{name!r} is not a speaker of the model; known speakers: {shown}") from None
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a speaker of the model, matched as :meth:`index` matches it."""
+        try:
+            self.index(name)
+            return True
+        except UnknownSpeakerError:
+            return False
+
     def conditioning(self, names: Sequence[str]) -> dict[str, torch.Tensor | None]:
         """coqui ``aux_input`` for a batch of speaker names: ``d_vectors`` (B, dim) or ``speaker_ids`` (B,)."""
         idx = torch.tensor([self.index(n) for n in names], dtype=torch.long)
