@@ -1,50 +1,23 @@
 #!/usr/bin/env bash
-# The embedded default, end to end, in stages (ESPnet style):
-#   recipes/demo/run.sh [--stage N] [--stop-stage M] [--workdir DIR] [--config FILE]
-# Stage 1: build the offline multi-speaker corpus and check its speakers.
-# Stage 2: pretrain the multi-speaker base model (resumable: re-run to continue).
-# Stage 3: score the model's voices and write its model card.
+# The embedded default, end to end (offline; the corpus is synthesised on this machine):
+#   recipes/demo/run.sh [--stage N] [--stop-stage M] [--workdir DIR] [any option of recipes/adapt_driver.sh]
+# Stage 1: build the offline multi-speaker corpus, check its speakers, take the target speaker's clips.
+# Stage 2: pretrain the multi-speaker base model into <workdir>/base_model (resumable: re-run to continue).
+# Stage 3: score that model's voices and write its model card.
+# Stages 4-6: K-FAC of the pretraining data, plain LoRA and LoRA + K-FAC, their evaluation; with --model
+#   (default: the shipped model, which stage 2 reproduces; --model <workdir>/base_model takes yours).
+# Stage 7: the headline sweep, tts-adapt sweep --out <workdir>/sweep --publish docs/sweep (15 cells, hours of CPU).
 # Finished stages leave a .done marker in the work dir and are skipped.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-
-stage=1
-stop_stage=100
+root=$(cd "$(dirname "$0")/../.." && pwd)
 workdir=work/demo
-config=configs/demo_corpus.yaml
-pretrain_config=configs/demo_pretrain.yaml
-model=$workdir/base_model
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --workdir) workdir=$2; shift 2 ;;
-    --config) config=$2; shift 2 ;;
-    --pretrain-config) pretrain_config=$2; shift 2 ;;
-    --model) model=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
-  esac
-done
-tts=${TTS_ADAPT:-tts-adapt}
-mkdir -p "$workdir"
-log() { printf '%s [demo] %s\n' "$(date '+%F %T')" "$*" | tee -a "$workdir/run.log"; }
+args=("$@")
+for ((i = 0; i + 1 < ${#args[@]}; i++)); do [[ ${args[i]} == --workdir ]] && workdir=${args[i + 1]}; done
 
-
-if (( stage <= 1 && stop_stage >= 1 )) && [[ ! -f $workdir/.corpus.done ]]; then
-  log "stage 1: corpus"
-  $tts corpus build --out "$workdir/corpus" \
-    --config "$config"
-  $tts corpus check "$workdir/corpus" --plot "$workdir/corpus/speaker_similarity.png" | tee -a "$workdir/run.log"
-  touch "$workdir/.corpus.done"
-fi
-if (( stage <= 2 && stop_stage >= 2 )) && [[ ! -f $workdir/.pretrain.done ]]; then
-  log "stage 2: pretraining into $model (resumes if interrupted)"
-  $tts pretrain --data "$workdir/corpus" --out "$model" --config "$pretrain_config"
-  touch "$workdir/.pretrain.done"
-fi
-
-if (( stage <= 3 && stop_stage >= 3 )); then
-  log "stage 3: evaluating $model and writing its model card"
-  $tts evaluate --model "$model" --data "$workdir/corpus" --out "$workdir/base_eval" --write-card
-fi
-log "done (stages $stage..$stop_stage)"
+exec "$root/recipes/adapt_driver.sh" --recipe demo --workdir "$workdir" \
+  --config "$root/configs/demo.yaml" \
+  --corpus-config "$root/configs/demo_corpus.yaml" \
+  --pretrain-config "$root/configs/demo_pretrain.yaml" \
+  --data "$workdir/corpus" --layout tts_adapt \
+  --headline-sweep yes --publish "$root/docs/sweep" \
+  "$@"
