@@ -370,6 +370,7 @@ def test_recipe_configs_are_read_by_each_command():
             args = type("Args", (), {"config": path})()
             config_from_args(args, sections[section], section)
         assert (ROOT / "recipes" / recipe / "run.sh").is_file()
+    assert TargetConfig(speaker=1089).speaker == "1089"  # an unquoted LibriTTS speaker in YAML
     vctk = yaml.safe_load((ROOT / "configs" / "vctk.yaml").read_text())
     assert vctk["target"]["speaker"] == "p248" and 50 <= vctk["target"]["clips"] <= 100
 

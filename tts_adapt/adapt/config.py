@@ -49,6 +49,7 @@ class TargetConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the split (datasets without one)."})
 
     def __post_init__(self):
+        object.__setattr__(self, "speaker", str(self.speaker))  # YAML reads LibriTTS's 1089 as a number
         for name in ("clips", "heldout"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
