@@ -16,7 +16,7 @@ from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.target import PreparedTarget, prepare_target, split_speaker
 from tts_adapt.evaluate.adapter import EvaluationInputError, evaluate_adapter
 from tts_adapt.evaluate.learning import DEFINITIONS, SETS, UTTERANCE_METRICS
-from tts_adapt.evaluate.sweep import SweepConfig, run_sweep, summarise
+from tts_adapt.evaluate.sweep import SweepConfig, run_sweep, summarise, to_markdown
 
 
 def _target_speaker(corpus: Path) -> str:
@@ -143,22 +143,25 @@ def test_cli_evaluates_an_adapter(adapter, feature_cache, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- sweep
-def _row(strategy, lam, sim, mcd, dmcd):
+def _row(strategy, lam, sim, mcd, dmcd, loss=0.14):
     return {"cell": f"{strategy}{lam}", "strategy": strategy, "lam": lam, "target_similarity": sim,
-            "target_mcd": mcd, "old_dmcd": dmcd}
+            "target_mcd": mcd, "target_mel_loss": loss, "old_dmcd": dmcd}
 
 
-def test_headline_picks_the_kfac_lambda_with_least_forgetting_at_equal_learning():
+def test_headline_picks_each_strategys_lambda_with_least_forgetting_at_equal_learning():
     rows = [_row("lora", 0, 0.70, 8.0, 2.0),
             _row("kfac", 10, 0.70, 8.1, 1.2), _row("kfac", 100, 0.69, 8.3, 0.8),
             _row("kfac", 1000, 0.60, 9.0, 0.1),  # forgets least but learns too little
-            _row("diag", 10, 0.72, 8.0, 1.8), _row("diag", 100, 0.66, 8.5, 1.0)]
-    h = summarise(rows, SweepConfig(strategies=("lora", "kfac", "diag"), lams=(10, 100, 1000)), 1.0)["headline"]
-    best = h["kfac_at_equal_learning"]
-    assert best["lam"] == 100 and best["forgetting_reduction"] == pytest.approx(0.6)
+            _row("diag", 10, 0.72, 8.0, 1.8), _row("diag", 100, 0.66, 8.5, 1.0),
+            _row("l2", 10, 0.71, 8.1, 0.0, loss=0.40)]  # frozen at the base model: similar, but learned nothing
+    h = summarise(rows, SweepConfig(strategies=("lora", "kfac", "diag", "l2"), lams=(10, 100, 1000)), 1.0)["headline"]
+    best = h["best_at_equal_learning"]
+    assert best["kfac"]["lam"] == 100 and best["kfac"]["forgetting_reduction"] == pytest.approx(0.6)
     assert h["goal_met"]
-    # diag at similarity 0.69: half way from 0.66 (1.0) to 0.72 (1.8)
-    assert h["diag_old_dmcd_at_same_similarity"] == pytest.approx(1.0 + 0.8 * 0.5)
+    assert best["diag"]["lam"] == 10 and best["diag"]["forgetting_reduction"] == pytest.approx(0.1)
+    assert best["l2"] is None
+    md = to_markdown(rows, {"headline": h})
+    assert "LoRA + L2: no λ of the grid" in md and "cut by 60 % (goal 50 %: met)" in md
 
 
 def test_sweep_config_reads_comma_separated_lists_and_rejects_unknown_strategies():
