@@ -239,7 +239,9 @@ def summarise(rows: list[dict], config: SweepConfig, seconds: float) -> dict:
     """The headline: per penalised strategy, the λ with the least forgetting among those that learn the
     target as well as plain LoRA (:func:`equal_learning`); forgetting is the old speakers' MCD increase."""
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
-               "cells": rows, "seconds": round(seconds, 1)}
+               "cells": rows, "seconds": round(seconds, 1),  # this call; cached cells cost nothing
+               "cells_seconds": round(sum((r.get("adapt_seconds") or 0) + (r.get("eval_seconds") or 0)
+                                          for r in rows), 1)}
     lora = next((r for r in rows if r["strategy"] == "lora"), None)
     if lora is None or lora["old_dmcd"] is None or lora["old_dmcd"] <= 0:
         return summary
