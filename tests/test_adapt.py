@@ -302,23 +302,24 @@ def test_a_huge_lambda_keeps_the_update_small_in_the_kfac_metric(runs, base_mode
 
 
 # --------------------------------------------------------------------------- 5. bad input
-def test_too_few_clips_is_an_error(tiny_target_clips, base_model, feature_cache, tmp_path):
-    folder = tmp_path / "five"
+def _first_clips(clips: Path, folder: Path, n: int) -> Path:
+    """The first ``n`` clips (wav + txt) of ``clips`` copied into a new ``folder``."""
     folder.mkdir()
-    for wav in sorted(tiny_target_clips.glob("*.wav"))[:5]:
+    for wav in sorted(clips.glob("*.wav"))[:n]:
         shutil.copy(wav, folder)
         shutil.copy(wav.with_suffix(".txt"), folder)
+    return folder
+
+
+def test_too_few_clips_is_an_error(tiny_target_clips, base_model, feature_cache, tmp_path):
+    folder = _first_clips(tiny_target_clips, tmp_path / "five", 5)
     with pytest.raises(TargetDataError, match="at least 10"):
         adapt(folder, tmp_path / "out", base_model, QUICK, cache_dir=feature_cache, progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_min_clips_is_configurable_and_on_step_can_cancel(tiny_target_clips, base_model, feature_cache, tmp_path):
-    folder = tmp_path / "five"
-    folder.mkdir()
-    for wav in sorted(tiny_target_clips.glob("*.wav"))[:5]:
-        shutil.copy(wav, folder)
-        shutil.copy(wav.with_suffix(".txt"), folder)
+    folder = _first_clips(tiny_target_clips, tmp_path / "five", 5)
     calls = []
 
     def on_step(step, total, row):
