@@ -31,6 +31,18 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
                             help=f"{f.metadata['help']} (default: {f.default})")
 
 
+def add_layout_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+
+
+def add_cache_flag(parser: argparse.ArgumentParser, what: str = "feature cache") -> None:
+    parser.add_argument("--cache-dir", type=Path, default=None, help=f"{what} (default: ~/.cache/tts_adapt)")
+
+
+def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def config_from_args(args, config_cls, section: str):
     """``config_cls`` from --config (its ``section:``) with command-line flags on top."""
     from tts_adapt.config import load_section
@@ -262,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, type=Path, help="output folder")
     add_config_flags(b, CorpusConfig)
     b.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(b)
     b.set_defaults(func=cmd_corpus_build)
     c = csub.add_parser("check", help="real-vs-real speaker similarity of a built corpus",
                         description="Embed two disjoint halves of every speaker's recordings with resemblyzer and "
@@ -271,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--utterances-per-half", type=int, default=3, help="recordings per embedding (default: 3)")
     c.add_argument("--plot", type=Path, help="write the similarity matrix as a PNG image")
     c.add_argument("--strict", action="store_true", help="exit with status 1 when any speaker is confused")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(c)
     c.set_defaults(func=cmd_corpus_check)
     i = csub.add_parser("inspect", help="read a dataset (VCTK, LibriTTS, LJSpeech, custom) and report bad files",
                         description="Read a dataset in any supported layout, check every file, and summarise "
@@ -296,13 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "torchrun (gloo): torchrun --nproc_per_node 2 -m tts_adapt.cli pretrain ...")
     p.add_argument("--data", required=True, type=Path, help="dataset root (the embedded corpus or any layout)")
     p.add_argument("--out", required=True, type=Path, help="model / run folder")
-    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
+    add_layout_flag(p)
+    add_cache_flag(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
     p.add_argument("--stop-after", type=int, default=None, help="end this sitting after N steps (resumable)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="end this sitting after M minutes of training (resumable; equal-time pilots)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(p)
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)
 
@@ -334,10 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="pretraining data (the embedded corpus or any layout)")
     p.add_argument("--out", required=True, type=Path, help="curvature file to write (.safetensors)")
     p.add_argument("--targets", nargs="+", default=None, help="module names (default: the backend's LoRA targets)")
-    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
+    add_layout_flag(p)
+    add_cache_flag(p)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet_flag(p)
     add_config_flags(p, CurvatureConfig)
     p.set_defaults(func=cmd_fit_curvature)
 
@@ -361,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=MAX_CLIPS,
                    help=f"use at most the first N clips of --target-dir (default: {MAX_CLIPS})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: ~/.cache/tts_adapt)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_cache_flag(p)
+    add_quiet_flag(p)
     add_config_flags(p, AdaptConfig)
     p.set_defaults(func=cmd_adapt)
 
@@ -380,19 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out clips of the target speaker (default: from tts-adapt prepare-target)")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset of the old and unseen speakers (any layout; the embedded corpus for the card)")
-    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    add_layout_flag(p)
     p.add_argument("--out", type=Path, default=None, help="report folder (default with --adapter: ADAPTER/eval)")
     p.add_argument("--per-speaker", type=int, default=None,
                    help="held-out utterances per speaker (default: 2 with --adapter, else 3)")
     p.add_argument("--old-speakers", type=int, default=8, help="old speakers to measure forgetting on (default: 8)")
     p.add_argument("--unseen-speakers", type=int, default=6, help="unseen voices, zero-shot (default: 6)")
     p.add_argument("--images", type=int, default=3, help="mel-spectrogram comparison images (default: 3)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature and score cache (default: ~/.cache/tts_adapt)")
+    add_cache_flag(p, "feature and score cache")
     p.add_argument("--sets", default="pretrain,unseen", help="without --adapter: speaker sets to score")
     p.add_argument("--max-speakers", type=int, default=None, help="without --adapter: only the first N speakers")
     p.add_argument("--write-card", action="store_true",
                    help="without --adapter: also write MODEL_CARD.md (with these scores) into the model folder")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prepare-target", help="take a speaker's adaptation and held-out clips from a dataset",
@@ -400,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(OUT/heldout) from any supported dataset, as wav + txt, for adapt and evaluate.")
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--out", required=True, type=Path, help="target folder")
-    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    add_layout_flag(p)
     add_config_flags(p, TargetConfig)
     p.set_defaults(func=cmd_prepare_target)
 
@@ -414,17 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="sweep folder")
     p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
     p.add_argument("--data", type=Path, default=None, help="dataset of the target, old and unseen speakers")
-    p.add_argument("--layout", default="auto", help="dataset layout (default: auto)")
+    add_layout_flag(p)
     p.add_argument("--target-speaker", default=None, help="speaker of --data to clone (default: the corpus's target)")
     p.add_argument("--target-dir", type=Path, default=None, help="your own adaptation clips instead")
     p.add_argument("--heldout-dir", type=Path, default=None, help="held-out clips of the same speaker (with --target-dir)")
     p.add_argument("--curvature-data", type=Path, default=None, help="pretraining data for the curvature (default: --data)")
     p.add_argument("--publish", type=Path, default=None,
                    help="also copy table.csv, table.md, summary.json and pareto.png into this folder (e.g. docs/sweep)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature and score cache (default: ~/.cache/tts_adapt)")
+    add_cache_flag(p, "feature and score cache")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"where the embedded corpus is kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(p)
     add_config_flags(p, SweepConfig)
     p.set_defaults(func=cmd_sweep)
 
@@ -463,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"target clips to adapt on (default: {QuickstartConfig.clips})")
     q.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"where corpora and runs are kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
-    q.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_quiet_flag(q)
     q.set_defaults(func=cmd_quickstart)
     return parser
 
