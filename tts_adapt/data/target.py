@@ -37,6 +37,8 @@ class PreparedTarget:
     heldout_dir: Path
     clips: int
     heldout: int
+    data: Path | None = None  # the dataset the clips were taken from, and its layout
+    layout: str = "auto"
 
     @classmethod
     def load(cls, folder: str | Path) -> "PreparedTarget":
@@ -45,7 +47,8 @@ class PreparedTarget:
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
             return cls(info["speaker"], Path(info["clips_dir"]), Path(info["heldout_dir"]), int(info["clips"]),
-                       int(info["heldout"]))
+                       int(info["heldout"]), Path(info["data"]) if info.get("data") else None,
+                       info.get("layout", "auto"))
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"{path}: not a target folder written by tts-adapt prepare-target ({err})") from err
 
@@ -129,4 +132,5 @@ def prepare_target(data: str | Path, speaker: str, out: str | Path, *, clips: in
         "clips_dir": str(clips_dir.resolve()), "heldout_dir": str(heldout_dir.resolve()),
         "clips": len(train), "heldout": len(held),
     })
-    return PreparedTarget(speaker, clips_dir.resolve(), heldout_dir.resolve(), len(train), len(held))
+    return PreparedTarget(speaker, clips_dir.resolve(), heldout_dir.resolve(), len(train), len(held),
+                          Path(data).resolve(), layout)

@@ -98,8 +98,7 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
 
     heldout, prepared = _target_heldout(run, adapter, target_dir, sr)
     if data is None and prepared is not None:
-        info = json.loads((prepared.clips_dir.parent / "target.json").read_text(encoding="utf-8"))
-        data, layout = info["data"], info.get("layout", layout)
+        data, layout = prepared.data, prepared.layout
     data_utts = read_dataset(data, layout, validate_audio=False)[0] if data else None
     known = [n for n in base_backend.speakers.names if n != "target"]
     items = select_utterances(known, data_utts, heldout, target_speaker=prepared.speaker if prepared else None,
