@@ -72,7 +72,7 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.learning import RealAudio
     from tts_adapt.evaluate.speaker import SpeakerEncoder
-    from tts_adapt.evaluate.sweep import SweepConfig, adapt_cell, cell_row, ensure_curvature
+    from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
 
@@ -93,9 +93,9 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
 
     t0 = time.time()
     echo(f"[3/5] K-FAC curvature of {config.curvature_utterances} pretraining utterances (fitted once, then reused)")
-    kfac = ensure_curvature(model_dir, base, corpus, workdir, "kfac",
-                            SweepConfig(curvature_utterances=config.curvature_utterances, seed=config.seed),
-                            layout="auto", cache_dir=None, progress=progress, echo=lambda m: echo(f"      {m}"))
+    kfac = ensure_curvature(model_dir, base, corpus, workdir, "kfac", num_utterances=config.curvature_utterances,
+                            seed=config.seed, layout="auto", cache_dir=None, progress=progress,
+                            echo=lambda m: echo(f"      {m}"))
     seconds["curvature"] = time.time() - t0
 
     target = choose_target(corpus)

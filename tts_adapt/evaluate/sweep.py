@@ -138,7 +138,8 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
     curvatures = {}
     for method in sorted({CURVATURE_OF[s] for s in config.strategies if s in CURVATURE_OF}):
         curvatures[method] = ensure_curvature(model_dir, backend, curvature_data or data, out / "curvature",
-                                              method, config, layout=layout, cache_dir=cache_dir,
+                                              method, num_utterances=config.curvature_utterances,
+                                              seed=config.seed, layout=layout, cache_dir=cache_dir,
                                               progress=progress, echo=echo)
 
     real, encoder = RealAudio(backend.audio.sample_rate), SpeakerEncoder()
@@ -170,9 +171,9 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
     return summary
 
 
-def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, config: SweepConfig, *,
+def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, *, num_utterances: int, seed: int,
                      layout: str, cache_dir, progress: bool, echo) -> Path:
-    """The sweep's curvature file of ``method``: reused when it matches the model, else fitted."""
+    """``folder/<method>.safetensors``: reused when it matches the model, else fitted on ``num_utterances``."""
     from tts_adapt.curvature.run import fit_curvature_file
     from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
 
@@ -184,10 +185,9 @@ def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, 
         pass
     if data is None:
         raise ValueError(f"strategy needing {method} curvature: give --curvature-data (pretraining utterances)")
-    echo(f"fitting {method} curvature on {config.curvature_utterances} pretraining utterances -> {path}")
+    echo(f"fitting {method} curvature on {num_utterances} pretraining utterances -> {path}")
     path.unlink(missing_ok=True)
-    fit_curvature_file(model_dir, data, path, method=method, num_utterances=config.curvature_utterances,
-                       seed=config.seed, layout=layout, cache_dir=cache_dir, progress=progress)
+    fit_curvature_file(model_dir, data, path, method=method, num_utterances=num_utterances, seed=seed, layout=layout, cache_dir=cache_dir, progress=progress)
     return path
 
 
