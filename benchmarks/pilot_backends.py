@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from tts_adapt.io import write_json_atomic, write_text_atomic
+
 
 def train(candidates: list[tuple[str, str]], corpus: Path, out: Path, minutes: float, config: Path,
           cache_dir: Path | None) -> None:
@@ -72,13 +74,27 @@ def main() -> None:
         train(candidates, args.corpus, args.out, args.minutes, args.config, args.cache_dir)
     rows = [(f"{b}-{s}", score(args.out / f"{b}-{s}", args.corpus, args.speakers, args.per_speaker))
             for b, s in candidates]
-    print(f"machine: {os.cpu_count()} cores; each candidate trained on one core; {time.time() - t0:.0f} s in all")
-    print(f"{'candidate':<16} {'params (M)':>10} {'steps':>6} {'train s':>8} {'steps/s':>8} {'MCD (dB)':>9} "
-          f"{'same sim':>9} {'recognisable':>13}")
-    for name, r in rows:
-        print(f"{name:<16} {r['params_m']:>10.2f} {r['steps']:>6} {r['wall_s']:>8.0f} {r['steps'] / r['wall_s']:>8.2f} "
-              f"{r['mcd_db']:>9.2f} {r['same_similarity']:>9.3f} {r['recognisable']:>6}/{r['speakers']:<6}")
+    table = pilot_table(rows, args)
+    print(f"machine: {os.cpu_count()} cores; {time.time() - t0:.0f} s in all")
+    print(table)
+    write_json_atomic(args.out / "pilot.json", {"minutes": args.minutes, "cores": os.cpu_count(),
+                                                "candidates": dict(rows)})
+    write_text_atomic(args.out / "pilot.md", table)
+    print(f"table written to {args.out / 'pilot.md'} (copy it into a model folder for its card)")
 
+
+def pilot_table(rows: list[tuple[str, dict]], args) -> str:
+    lines = [f"Pilot on {os.cpu_count()} CPU cores: each candidate pretrained from scratch on one core for "
+             f"{args.minutes:g} min with configs/demo_pretrain.yaml (`python benchmarks/pilot_backends.py "
+             f"--corpus work/corpus --minutes {args.minutes:g}`), then scored on {args.per_speaker} held-out "
+             f"sentences of each of {args.speakers} trained speakers.", "",
+             "| candidate | parameters (M) | steps | train s | steps/s | MCD-DTW (dB) | same-speaker sim. | "
+             "recognisable |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['params_m']:.2f} | {r['steps']} | {r['wall_s']:.0f} | "
+                     f"{r['steps'] / r['wall_s']:.2f} | {r['mcd_db']:.2f} | {r['same_similarity']:.3f} | "
+                     f"{r['recognisable']}/{r['speakers']} |")
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

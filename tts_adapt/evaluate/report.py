@@ -51,10 +51,15 @@ def to_markdown(report: dict) -> str:
     lines = ["| speakers | how | n | MCD-DTW (dB) | same-speaker sim. | best other sim. | recognisable |",
              "|---|---|---|---|---|---|---|"]
     for group, s in report["summary"].items():
-        lines.append(f"| {group} | {s['mode']} | {s['speakers']} | {s['mcd_db']:.2f} | {s['same_similarity']:.3f} | "
+        mcd = "–" if s["mcd_db"] is None else f"{s['mcd_db']:.2f}"
+        lines.append(f"| {group} | {s['mode']} | {s['speakers']} | {mcd} | {s['same_similarity']:.3f} | "
                      f"{s['best_other_similarity']:.3f} | {s['recognisable']}/{s['speakers']} "
                      f"({100 * s['recognisable_share']:.0f} %) |")
     lines.append("")
-    lines.append(f"{report['per_speaker']} held-out utterances per speaker, vocoder: {report['vocoder']}.")
+    note = f"{report['per_speaker']} held-out utterances per speaker, vocoder: {report['vocoder']}."
+    if any(s["mode"] == "real recordings" for s in report["summary"].values()):
+        note += (" Rows marked real recordings score the speakers' own recordings of other sentences in place "
+                 "of synthesised audio: the ceiling of the measure on this corpus.")
+    lines.append(note)
     lines += ["", "Definitions:"] + [f"- {k}: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"

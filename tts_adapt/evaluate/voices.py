@@ -11,6 +11,11 @@ recordings of the same sentences:
 * ``best_other_similarity``: the highest cosine between the synthesised audio and
   the real audio of any other speaker of the corpus; the voice is recognisable
   when ``same_similarity`` exceeds it.
+
+The same measure applied to real recordings of other sentences (the speaker's
+training clips in place of synthesised audio) is the ceiling a model can reach on
+this corpus, since some of its voices are close to each other; it is reported
+alongside as mode ``real recordings``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tts_adapt.evaluate.speaker import SpeakerEncoder, cosine_matrix
 class SpeakerScore:
     speaker: str
     speaker_set: str
-    mode: str  # "trained" (by name) or "zero-shot" (d-vector from reference clips)
+    mode: str  # "trained" (by name), "zero-shot" (d-vector from reference clips) or "real recordings"
     utterances: int
     mcd: float
     same_similarity: float
@@ -51,11 +56,13 @@ def _manifest(corpus: Path) -> list[dict]:
 
 def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = ("pretrain", "unseen"),
                     per_speaker: int = 3, references: int = 5, max_speakers: int | None = None,
-                    *, progress: bool = True, wav_dir: str | Path | None = None) -> list[SpeakerScore]:
+                    *, progress: bool = True, wav_dir: str | Path | None = None,
+                    reference: bool = True) -> list[SpeakerScore]:
     """Score every speaker of ``speaker_sets`` in the embedded corpus ``corpus``.
 
     ``synth`` is a :class:`tts_adapt.models.synthesis.Synthesizer`. Synthesised
-    audio is written to ``wav_dir`` when given.
+    audio is written to ``wav_dir`` when given. With ``reference``, each speaker's
+    real training clips are scored the same way too (mode ``real recordings``).
     """
     corpus = Path(corpus)
     rows = _manifest(corpus)
@@ -79,7 +86,17 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
         chosen = chosen[:max_speakers]
     names = list(real_emb)
     real_matrix = np.stack([real_emb[s] for s in names])
+    def score(s: str, mode: str, emb: np.ndarray, utterances: int, mcd: float) -> SpeakerScore:
+        sims = cosine_matrix(emb[None], real_matrix)[0]
+        own = names.index(s)
+        best_other, closest = max((sims[i], names[i]) for i in range(len(names)) if i != own)
+        return SpeakerScore(s, sets[s], mode, utterances, mcd, float(sims[own]), float(best_other), closest)
+
     scores = []
+    if reference:
+        for s in tqdm(chosen, desc="real recordings (ceiling)", unit="spk", disable=not progress):
+            clips = train[s][:per_speaker]
+            scores.append(score(s, "real recordings", encoder.embed_speaker(clips), len(clips), float("nan")))
     for s in tqdm(chosen, desc="synthesising and scoring", unit="spk", disable=not progress):
         if s in known:
             mode, kwargs = "trained", {"speaker": s}
@@ -97,25 +114,28 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
                 from tts_adapt.data.audio import save_audio
 
                 save_audio(Path(wav_dir) / s / f"{r['utt_id']}.wav", wav, sr)
-        syn_emb = encoder.embed_speaker(wavs, sample_rate=sr)
-        sims = cosine_matrix(syn_emb[None], real_matrix)[0]
-        own = names.index(s)
-        others = [(sims[i], names[i]) for i in range(len(names)) if i != own]
-        best_other, closest = max(others)
-        scores.append(SpeakerScore(s, sets[s], mode, len(wavs), float(np.mean(mcds)), float(sims[own]),
-                                   float(best_other), closest))
+        scores.append(score(s, mode, encoder.embed_speaker(wavs, sample_rate=sr), len(wavs), float(np.mean(mcds))))
     return scores
 
 
+REFERENCE = " (real recordings)"
+
+
 def summarise(scores: list[SpeakerScore]) -> dict:
-    """Per speaker set: speakers, mean MCD, mean same / best-other similarity, share recognisable."""
+    """Per speaker set: speakers, mean MCD, mean same / best-other similarity, share recognisable.
+
+    The model's rows are keyed by speaker set (``"pretrain"``), the real-recording
+    ceilings by speaker set + :data:`REFERENCE`."""
     out = {}
-    for group in sorted({s.speaker_set for s in scores}):
-        g = [s for s in scores if s.speaker_set == group]
+    groups = sorted({(s.speaker_set, s.mode == "real recordings") for s in scores}, key=lambda g: (g[0], g[1]))
+    for group_set, is_reference in groups:
+        group = group_set + (REFERENCE if is_reference else "")
+        g = [s for s in scores if s.speaker_set == group_set and (s.mode == "real recordings") == is_reference]
+        mcds = [s.mcd for s in g if np.isfinite(s.mcd)]
         out[group] = {
             "speakers": len(g),
             "mode": g[0].mode,
-            "mcd_db": round(float(np.mean([s.mcd for s in g])), 3),
+            "mcd_db": round(float(np.mean(mcds)), 3) if mcds else None,
             "same_similarity": round(float(np.mean([s.same_similarity for s in g])), 4),
             "best_other_similarity": round(float(np.mean([s.best_other_similarity for s in g])), 4),
             "recognisable": sum(s.recognisable for s in g),

@@ -3,8 +3,10 @@
 ``write_model_card(model_dir, report_dir)`` composes ``MODEL_CARD.md`` and
 ``training_curve.png`` in the model folder from files that commands wrote:
 ``tts_adapt.json`` and ``train_log.csv`` (``tts-adapt pretrain``) and
-``report.json`` (``tts-adapt evaluate``). Nothing in the card is typed by hand
-except the free-text ``notes``.
+``report.json`` (``tts-adapt evaluate``), and ``pilot.md``
+(``benchmarks/pilot_backends.py``) when the model folder holds one. Nothing in the
+card is typed by hand except the free-text notes: ``notes``, or else the model
+folder's ``card_notes.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,23 @@ import json
 from pathlib import Path
 
 from tts_adapt.io import write_text_atomic
+
+NOTES_FILE = "card_notes.md"
+PILOT_FILE = "pilot.md"
+#: The card's target: the synthesised voice is closer to its own speaker's real audio than to any
+#: other speaker's for at least this share of the pretraining speakers.
+RECOGNISABLE_TARGET = 0.9
+#: How the figures of a card on the embedded corpus are reproduced.
+DEFAULT_COMMANDS = [
+    "# the corpus (configs/demo_corpus.yaml = the defaults)",
+    "tts-adapt corpus build --out work/corpus",
+    "# pretraining from scratch, or continuing a model folder (resumes from its trainer_state.pt)",
+    "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain.yaml",
+    "# the voice figures (2 held-out utterances per speaker) and this card",
+    "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 2 --write-card",
+    "# the pilot of candidate architectures",
+    "python benchmarks/pilot_backends.py --corpus work/corpus --minutes 20",
+]
 
 
 def _train_log(model_dir: Path) -> list[dict]:
@@ -56,8 +75,16 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
     if rows:
         plot_training_curve(rows, model_dir / "training_curve.png")
     lines = [f"# Model card: {model_dir.name}", ""]
+    if not notes and (model_dir / NOTES_FILE).is_file():
+        notes = (model_dir / NOTES_FILE).read_text(encoding="utf-8")
     if notes:
         lines += [notes.strip(), ""]
+    report = json.loads((Path(report_dir) / "report.json").read_text()) if report_dir is not None else None
+    if report is not None:
+        lines += [status(report, info.get("steps")), ""]
+    if (model_dir / PILOT_FILE).is_file():
+        lines += ["## Choice of architecture: pilot", "", (model_dir / PILOT_FILE).read_text(encoding="utf-8").strip(),
+                  ""]
     lines += ["## Model", "",
               f"- architecture: coqui-tts `{meta['backend']}`, size preset `{info.get('size', '?')}`",
               f"- speaker conditioning: {pre.get('conditioning', '?')}",
@@ -78,13 +105,31 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
                      + (f" (spectral {float(last['loss_spec']):.3f})" if last.get("loss_spec") else "")
                      + (f", validation loss {float(val[-1]['val_loss']):.3f}" if val else ""))
         lines += ["", "![training curve](training_curve.png)"]
-    if report_dir is not None:
-        report = json.loads((Path(report_dir) / "report.json").read_text())
+    if report is not None:
         from tts_adapt.evaluate.report import to_markdown
 
         lines += ["", "## Voices (held-out sentences of the embedded corpus)", "", to_markdown(report).strip()]
-    if commands:
-        lines += ["", "## Reproduce", "", "```bash", *commands, "```"]
+    lines += ["", "## Reproduce", "", "```bash", *(commands or DEFAULT_COMMANDS), "```"]
     path = model_dir / "MODEL_CARD.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def status(report: dict, steps) -> str:
+    """One sentence: does the model reach the card's target, and how far is the ceiling of the measure."""
+    summary = report["summary"]
+    if "pretrain" not in summary:
+        return f"At step {steps}: no pretraining speakers were scored."
+    got = summary["pretrain"]
+    share = got["recognisable_share"]
+    verdict = "meets" if share >= RECOGNISABLE_TARGET else "does not yet meet"
+    text = (f"At step {steps} the model {verdict} its target: its synthesised voice is closest to its own "
+            f"speaker's real audio for {got['recognisable']} of {got['speakers']} pretraining speakers "
+            f"({100 * share:.0f} %; target {100 * RECOGNISABLE_TARGET:.0f} %).")
+    from tts_adapt.evaluate.voices import REFERENCE
+
+    ceiling = summary.get("pretrain" + REFERENCE)
+    if ceiling:
+        text += (f" Real recordings of other sentences reach {ceiling['recognisable']} of {ceiling['speakers']} "
+                 f"on the same measure.")
+    return text
