@@ -84,9 +84,12 @@ def main() -> None:
 
 
 def pilot_table(rows: list[tuple[str, dict]], args) -> str:
-    lines = [f"Pilot on {os.cpu_count()} CPU cores: each candidate pretrained from scratch on one core for "
-             f"{args.minutes:g} min with configs/demo_pretrain.yaml (`python benchmarks/pilot_backends.py "
-             f"--corpus work/corpus --minutes {args.minutes:g}`), then scored on {args.per_speaker} held-out "
+    minutes = max(r["wall_s"] for _, r in rows) / 60
+    sittings = round(minutes / args.minutes)
+    lines = [f"Pilot on {os.cpu_count()} CPU cores: each candidate pretrained from scratch, all at once, on one core "
+             f"each, for about {minutes:.0f} min of training with configs/demo_pretrain.yaml "
+             f"(`python benchmarks/pilot_backends.py --corpus work/corpus --minutes {args.minutes:g}`, run "
+             f"{sittings} time(s): each run continues the candidates), then scored on {args.per_speaker} held-out "
              f"sentences of each of {args.speakers} trained speakers.", "",
              "| candidate | parameters (M) | steps | train s | steps/s | MCD-DTW (dB) | same-speaker sim. | "
              "recognisable |", "|---|---|---|---|---|---|---|---|"]
