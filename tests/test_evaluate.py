@@ -228,3 +228,4 @@ def test_voice_report_scores_the_real_recordings_as_the_ceiling_and_the_card_say
     assert card.index("Why this model: because.") < card.index(verdict) < card.index("## Choice of architecture")
     assert "| fastpitch-tiny | 2 |" in card and "Real recordings of other sentences reach" in card
     assert DEFAULT_COMMANDS[1] in card and (model / "training_curve.png").is_file()
+    assert json.loads((model / "eval_report.json").read_text())["summary"] == summary

@@ -3,7 +3,7 @@
 ``write_model_card(model_dir, report_dir)`` composes ``MODEL_CARD.md`` and
 ``training_curve.png`` in the model folder from files that commands wrote:
 ``tts_adapt.json`` and ``train_log.csv`` (``tts-adapt pretrain``) and
-``report.json`` (``tts-adapt evaluate``), and ``pilot.md``
+``report.json`` (``tts-adapt evaluate``, copied into the folder as ``eval_report.json``), and ``pilot.md``
 (``benchmarks/pilot_backends.py``) when the model folder holds one. Nothing in the
 card is typed by hand except the free-text notes: ``notes``, or else the model
 folder's ``card_notes.md``.
@@ -15,10 +15,11 @@ import csv
 import json
 from pathlib import Path
 
-from tts_adapt.io import write_text_atomic
+from tts_adapt.io import write_json_atomic, write_text_atomic
 
 NOTES_FILE = "card_notes.md"
 PILOT_FILE = "pilot.md"
+REPORT_FILE = "eval_report.json"
 #: The card's target: the synthesised voice is closer to its own speaker's real audio than to any
 #: other speaker's for at least this share of the pretraining speakers.
 RECOGNISABLE_TARGET = 0.9
@@ -81,6 +82,7 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
         lines += [notes.strip(), ""]
     report = json.loads((Path(report_dir) / "report.json").read_text()) if report_dir is not None else None
     if report is not None:
+        write_json_atomic(model_dir / REPORT_FILE, report)  # the card's figures travel with the model
         lines += [status(report, info.get("steps")), ""]
     if (model_dir / PILOT_FILE).is_file():
         lines += ["## Choice of architecture: pilot", "", (model_dir / PILOT_FILE).read_text(encoding="utf-8").strip(),
