@@ -197,25 +197,27 @@ def test_sweep_writes_table_plot_and_reuses_finished_cells(tiny_model, tiny_corp
 
 
 # --------------------------------------------------------------------------- a base model's voices and card
-def test_voice_report_scores_the_real_recordings_as_the_ceiling_and_the_card_says_where_it_stands(
-        tiny_model, tiny_corpus, tmp_path):
+def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stands(tiny_model, tiny_corpus, tmp_path):
     import shutil
 
     from tts_adapt.evaluate.report import evaluate_base_model
-    from tts_adapt.evaluate.voices import REFERENCE
+    from tts_adapt.evaluate.voices import REFERENCES
     from tts_adapt.models.card import DEFAULT_COMMANDS, NOTES_FILE, PILOT_FILE, write_model_card
 
     report = evaluate_base_model(tiny_model, tiny_corpus, tmp_path / "eval", per_speaker=1, progress=False)
     summary = report["summary"]
-    assert set(summary) == {"pretrain", "pretrain" + REFERENCE, "unseen", "unseen" + REFERENCE}
-    assert summary["pretrain"]["speakers"] == summary["pretrain" + REFERENCE]["speakers"] == 4
-    assert summary["pretrain" + REFERENCE]["mcd_db"] is None and summary["pretrain"]["mcd_db"] > 0
+    real, vocoded = ("pretrain" + REFERENCES[m] for m in REFERENCES)
+    assert set(summary) == {group + suffix for group in ("pretrain", "unseen") for suffix in ("", *REFERENCES.values())}
+    assert summary["pretrain"]["speakers"] == summary[real]["speakers"] == summary[vocoded]["speakers"] == 4
+    assert summary[real]["mcd_db"] is None and summary["pretrain"]["mcd_db"] > 0
+    # copy synthesis is far closer to the recording than a 2-step model's guess
+    assert 0 < summary[vocoded]["mcd_db"] < summary["pretrain"]["mcd_db"]
     assert summary["unseen"]["mode"] == "zero-shot"
     # real recordings of the same speaker are closer than any other speaker's, on the corpus's distinct voices
-    assert summary["pretrain" + REFERENCE]["recognisable"] >= 3
+    assert summary[real]["recognisable"] >= 3
     with open(tmp_path / "eval" / "speakers.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 10 and {r["mode"] for r in rows} == {"trained", "zero-shot", "real recordings"}
+    assert len(rows) == 15 and {r["mode"] for r in rows} == {"trained", "zero-shot", *REFERENCES}
     assert "| pretrain (real recordings) | real recordings | 4 | – |" in report["markdown"]
 
     model = tmp_path / "model"
@@ -227,5 +229,6 @@ def test_voice_report_scores_the_real_recordings_as_the_ceiling_and_the_card_say
     verdict = "meets its target" if share >= 0.9 else "does not yet meet its target"
     assert card.index("Why this model: because.") < card.index(verdict) < card.index("## Choice of architecture")
     assert "| fastpitch-tiny | 2 |" in card and "Real recordings of other sentences reach" in card
+    assert "through the same vocoder (copy synthesis) reach" in card
     assert DEFAULT_COMMANDS[1] in card and (model / "training_curve.png").is_file()
     assert json.loads((model / "eval_report.json").read_text())["summary"] == summary

@@ -57,9 +57,13 @@ def to_markdown(report: dict) -> str:
                      f"({100 * s['recognisable_share']:.0f} %) |")
     lines.append("")
     note = f"{report['per_speaker']} held-out utterances per speaker, vocoder: {report['vocoder']}."
-    if any(s["mode"] == "real recordings" for s in report["summary"].values()):
+    modes = {s["mode"] for s in report["summary"].values()}
+    if "real recordings" in modes:
         note += (" Rows marked real recordings score the speakers' own recordings of other sentences in place "
                  "of synthesised audio: the ceiling of the measure on this corpus.")
+    if "vocoded recordings" in modes:
+        note += (" Rows marked vocoded recordings score the held-out recordings turned into mel features and "
+                 "back by the same vocoder (copy synthesis): the ceiling of any acoustic model with it.")
     lines.append(note)
     lines += ["", "Definitions:"] + [f"- {k}: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"

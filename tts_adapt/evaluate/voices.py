@@ -12,10 +12,14 @@ recordings of the same sentences:
   the real audio of any other speaker of the corpus; the voice is recognisable
   when ``same_similarity`` exceeds it.
 
-The same measure applied to real recordings of other sentences (the speaker's
-training clips in place of synthesised audio) is the ceiling a model can reach on
-this corpus, since some of its voices are close to each other; it is reported
-alongside as mode ``real recordings``.
+Two references are scored the same way, in place of synthesised audio:
+
+* ``real recordings``: the speaker's recordings of other sentences (training
+  clips), the ceiling of the measure on this corpus, whose voices are not all
+  far apart;
+* ``vocoded recordings``: the held-out recordings themselves, turned into the
+  model's mel features and back by its vocoder (copy synthesis), the ceiling of
+  any acoustic model with that vocoder.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tts_adapt.evaluate.speaker import SpeakerEncoder, cosine_matrix
 class SpeakerScore:
     speaker: str
     speaker_set: str
-    mode: str  # "trained" (by name), "zero-shot" (d-vector from reference clips) or "real recordings"
+    mode: str  # "trained" (by name), "zero-shot" (d-vector from reference clips) or one of REFERENCES
     utterances: int
     mcd: float
     same_similarity: float
@@ -61,8 +65,8 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
     """Score every speaker of ``speaker_sets`` in the embedded corpus ``corpus``.
 
     ``synth`` is a :class:`tts_adapt.models.synthesis.Synthesizer`. Synthesised
-    audio is written to ``wav_dir`` when given. With ``reference``, each speaker's
-    real training clips are scored the same way too (mode ``real recordings``).
+    audio is written to ``wav_dir`` when given. With ``reference``, the two references
+    of the module's description are scored too.
     """
     corpus = Path(corpus)
     rows = _manifest(corpus)
@@ -97,6 +101,13 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
         for s in tqdm(chosen, desc="real recordings (ceiling)", unit="spk", disable=not progress):
             clips = train[s][:per_speaker]
             scores.append(score(s, "real recordings", encoder.embed_speaker(clips), len(clips), float("nan")))
+        if not synth.backend.produces_waveform:
+            for s in tqdm(chosen, desc="vocoded recordings (ceiling)", unit="spk", disable=not progress):
+                clips = [corpus / r["audio"] for r in heldout[s][:per_speaker]]
+                wavs = [synth.copy_synthesis(c) for c in clips]
+                mcd = np.mean([mcd_dtw(w, load_audio(c, sr)[0], sr).mcd for w, c in zip(wavs, clips)])
+                scores.append(score(s, "vocoded recordings", encoder.embed_speaker(wavs, sample_rate=sr), len(wavs),
+                                    float(mcd)))
     for s in tqdm(chosen, desc="synthesising and scoring", unit="spk", disable=not progress):
         if s in known:
             mode, kwargs = "trained", {"speaker": s}
@@ -118,19 +129,21 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
     return scores
 
 
-REFERENCE = " (real recordings)"
+#: Modes of the reference rows, and the suffix of their keys in :func:`summarise`.
+REFERENCES = {"real recordings": " (real recordings)", "vocoded recordings": " (vocoded recordings)"}
 
 
 def summarise(scores: list[SpeakerScore]) -> dict:
     """Per speaker set: speakers, mean MCD, mean same / best-other similarity, share recognisable.
 
-    The model's rows are keyed by speaker set (``"pretrain"``), the real-recording
-    ceilings by speaker set + :data:`REFERENCE`."""
+    The model's rows are keyed by speaker set (``"pretrain"``), the references by speaker set and the
+    suffix of their mode in :data:`REFERENCES` (``"pretrain (real recordings)"``)."""
     out = {}
-    groups = sorted({(s.speaker_set, s.mode == "real recordings") for s in scores}, key=lambda g: (g[0], g[1]))
-    for group_set, is_reference in groups:
-        group = group_set + (REFERENCE if is_reference else "")
-        g = [s for s in scores if s.speaker_set == group_set and (s.mode == "real recordings") == is_reference]
+    order = ["trained", "zero-shot", *REFERENCES]
+    for group_set, mode in sorted({(s.speaker_set, s.mode) for s in scores},
+                                  key=lambda g: (g[0], order.index(g[1]) if g[1] in order else 0)):
+        group = group_set + REFERENCES.get(mode, "")
+        g = [s for s in scores if s.speaker_set == group_set and s.mode == mode]
         mcds = [s.mcd for s in g if np.isfinite(s.mcd)]
         out[group] = {
             "speakers": len(g),

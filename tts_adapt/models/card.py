@@ -128,10 +128,11 @@ def status(report: dict, steps) -> str:
     text = (f"At step {steps} the model {verdict} its target: its synthesised voice is closest to its own "
             f"speaker's real audio for {got['recognisable']} of {got['speakers']} pretraining speakers "
             f"({100 * share:.0f} %; target {100 * RECOGNISABLE_TARGET:.0f} %).")
-    from tts_adapt.evaluate.voices import REFERENCE
+    from tts_adapt.evaluate.voices import REFERENCES
 
-    ceiling = summary.get("pretrain" + REFERENCE)
-    if ceiling:
-        text += (f" Real recordings of other sentences reach {ceiling['recognisable']} of {ceiling['speakers']} "
-                 f"on the same measure.")
+    for mode, what in (("real recordings", "Real recordings of other sentences"),
+                       ("vocoded recordings", "The held-out recordings through the same vocoder (copy synthesis)")):
+        ceiling = summary.get("pretrain" + REFERENCES[mode])
+        if ceiling:
+            text += f" {what} reach {ceiling['recognisable']} of {ceiling['speakers']} on the same measure."
     return text

@@ -113,3 +113,21 @@ class Synthesizer:
             return torch.cat(parts).cpu().numpy().astype(np.float32)
         mel = self.mel(text, speaker=speaker, d_vector=d_vector, length_scale=length_scale)
         return self.vocoder(mel).cpu().numpy().astype(np.float32)
+
+    def copy_synthesis(self, audio_path: str | Path) -> np.ndarray:
+        """A recording through the model's features and this vocoder (analysis, then synthesis): what the
+        vocoder makes of a perfect prediction, the ceiling of any model that uses it."""
+        if self.backend.produces_waveform:
+            raise ValueError(f"a {self.backend.name} model makes its waveform itself; it has no mel to vocode")
+        from tts_adapt.models.features import FeatureExtractor
+
+        extractor = self.backend.feature_extractor() or FeatureExtractor(self.backend.audio)
+        if type(extractor) is FeatureExtractor:  # the toolkit's log-mel, without the F0 it would also compute
+            from tts_adapt.data.audio import LogMel, load_audio
+
+            wav, _ = load_audio(audio_path, self.sample_rate)
+            mel = LogMel(self.backend.audio)(torch.from_numpy(wav))
+        else:
+            mel = extractor(str(audio_path))[0].T
+        with torch.no_grad():
+            return self.vocoder(mel).cpu().numpy().astype(np.float32)
