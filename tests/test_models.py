@@ -279,6 +279,18 @@ def test_griffin_lim_lengths_and_batches():
     assert batched.shape == (3, wav.shape[0]) and torch.isfinite(batched).all()
 
 
+def test_griffin_lim_is_deterministic_and_leaves_the_random_state_alone():
+    mel = LogMel(AUDIO)(_sine(220.0))
+    vocoder = GriffinLimVocoder(AUDIO)
+    torch.manual_seed(1)
+    expected_next = torch.rand(3)
+    torch.manual_seed(1)
+    first = vocoder(mel)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random state is untouched
+    torch.manual_seed(2)
+    assert torch.equal(vocoder(mel), first)  # whatever the global seed
+
+
 def test_griffin_lim_of_a_220_hz_sine_is_220_hz():
     """A known answer: log-mel of a 220 Hz tone, vocoded, has its spectral peak at 220 Hz (±10 Hz)."""
     torch.manual_seed(0)

@@ -19,9 +19,10 @@ class GriffinLimVocoder:
     Griffin-Lim's buzz.
     """
 
-    def __init__(self, audio: AudioConfig, n_iter: int = 32, power: float = 1.5):
+    def __init__(self, audio: AudioConfig, n_iter: int = 32, power: float = 1.5, seed: int = 0):
         self.audio = audio
         self.power = power
+        self.seed = seed
         self.inverse_mel = torchaudio.transforms.InverseMelScale(
             n_stft=audio.n_fft // 2 + 1, n_mels=audio.n_mels, sample_rate=audio.sample_rate, f_min=audio.mel_fmin,
             f_max=audio.mel_fmax, norm="slaney", mel_scale="slaney",
@@ -36,7 +37,11 @@ class GriffinLimVocoder:
         device = log_mel.device
         inv, gl = self.inverse_mel.to(device), self.griffin_lim.to(device)
         magnitude = inv(torch.exp(log_mel.float())).clamp_min(0.0)
-        wav = gl(magnitude ** self.power)
+        # Griffin-Lim starts from random phases: a fixed seed, without touching the caller's random state,
+        # makes the same mel give the same waveform (reports are reproducible)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            wav = gl(magnitude ** self.power)
         peak = wav.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
         return wav * (0.9 / peak).clamp(max=10.0)  # peak at 0.9, never amplify noise more than 10x
 
