@@ -29,7 +29,7 @@ DEFAULT_COMMANDS = [
     "tts-adapt corpus build --out work/corpus",
     "# pretraining from scratch, or continuing a model folder (resumes from its trainer_state.pt)",
     "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain.yaml",
-    "# the voice figures (2 held-out utterances per speaker) and this card",
+    "# the voice figures (2 held-out utterances per speaker) and this card; without --model: the shipped model",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 2 --write-card",
     "# the pilot of candidate architectures",
     "python benchmarks/pilot_backends.py --corpus work/corpus --minutes 20",
