@@ -90,6 +90,7 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
         chosen = chosen[:max_speakers]
     names = list(real_emb)
     real_matrix = np.stack([real_emb[s] for s in names])
+
     def score(s: str, mode: str, emb: np.ndarray, utterances: int, mcd: float) -> SpeakerScore:
         sims = cosine_matrix(emb[None], real_matrix)[0]
         own = names.index(s)
