@@ -119,14 +119,13 @@ class Synthesizer:
         vocoder makes of a perfect prediction, the ceiling of any model that uses it."""
         if self.backend.produces_waveform:
             raise ValueError(f"a {self.backend.name} model makes its waveform itself; it has no mel to vocode")
-        from tts_adapt.models.features import FeatureExtractor
-
-        extractor = self.backend.feature_extractor() or FeatureExtractor(self.backend.audio)
-        if type(extractor) is FeatureExtractor:  # the toolkit's log-mel, without the F0 it would also compute
+        extractor = self.backend.feature_extractor()
+        if extractor is None:  # the toolkit's own log-mel (its extractor would compute F0 too)
             from tts_adapt.data.audio import LogMel, load_audio
 
-            wav, _ = load_audio(audio_path, self.sample_rate)
-            mel = LogMel(self.backend.audio)(torch.from_numpy(wav))
+            if getattr(self, "_log_mel", None) is None:
+                self._log_mel = LogMel(self.backend.audio)
+            mel = self._log_mel(torch.from_numpy(load_audio(audio_path, self.sample_rate)[0]))
         else:
             mel = extractor(str(audio_path))[0].T
         with torch.no_grad():
