@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tts_adapt.models import TTSBackend
-from tts_adapt.models.pretrain import STATE_FILE, epoch_batches, pretrain
+from tts_adapt.models.pretrain import STATE_FILE, epoch_batches, lr_factor, pretrain
 from tts_adapt.models.pretrain_config import PretrainConfig
 
 CONFIG = PretrainConfig(size="tiny", steps=4, batch_size=4, checkpoint_every=2, log_every=1, warmup_steps=2,
@@ -86,6 +86,33 @@ def test_resume_equals_uninterrupted(run_a, tiny_corpus, feature_cache, tmp_path
     assert [int(r["step"]) for r in log_b] == [1, 2, 3, 4]
     for ra, rb in zip(log_a, log_b):
         assert (ra["loss"], ra["val_loss"], ra["lr"]) == (rb["loss"], rb["val_loss"], rb["lr"])
+
+
+@pytest.mark.slow
+def test_cool_down_branched_from_a_longer_run_equals_the_run_made_with_it(tiny_corpus, feature_cache, tmp_path):
+    """A run of N steps with cool-down C is the same as a longer run without one, branched at
+    step N - C into the cool-down: one config reproduces a model made that way."""
+    cool = PretrainConfig(**{**CONFIG.to_dict(), "cooldown_steps": 2})
+    whole, branched = tmp_path / "whole", tmp_path / "branched"
+    _run(tiny_corpus, whole, feature_cache, cool)
+    _run(tiny_corpus, branched, feature_cache, PretrainConfig(**{**CONFIG.to_dict(), "steps": 50}), stop_after=2)
+    _run(tiny_corpus, branched, feature_cache, cool)
+    a, b = _weights(whole), _weights(branched)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [float(r["lr"]) for r in _log(whole)]
+    assert lrs == [float(r["lr"]) for r in _log(branched)]
+    assert lrs[1] > lrs[2] > lrs[3] == 0.0  # falls linearly to zero over the last two steps
+
+
+def test_learning_rate_schedule_warms_up_decays_and_cools_down():
+    noam = [lr_factor(s, 100) for s in range(1, 1001)]
+    assert noam[99] == 1.0 and noam[49] == 0.5 and math.isclose(noam[399], 0.5)  # step 100 peak, 1/sqrt decay
+    cooled = [lr_factor(s, 100, total=1000, cooldown=200) for s in range(1, 1001)]
+    assert cooled[:800] == noam[:800]  # the schedule before the cool-down is untouched
+    assert math.isclose(cooled[899], noam[799] / 2) and cooled[999] == 0.0
+    assert all(a > b for a, b in zip(cooled[799:], cooled[800:]))
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        PretrainConfig(steps=10, cooldown_steps=10)
 
 
 def test_time_budget_ends_the_sitting_with_a_checkpoint(tiny_corpus, feature_cache, tmp_path):

@@ -40,6 +40,8 @@ from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
 MAX_BAD_STEPS = 10
+# settings a resumed run may change: its length, and with it where the cool-down starts
+RESCHEDULABLE = ("steps", "cooldown_steps", "checkpoint_every", "log_every")
 LOG_FIELDS = ("step", "epoch", "loss", "loss_spec", "log_mle", "loss_dur", "loss_pitch", "loss_aligner",
               "loss_binary_alignment", "val_loss", "lr", "seconds", "utterances_per_s")
 
@@ -72,9 +74,18 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def lr_factor(step: int, warmup: int) -> float:
-    step = max(step, 1)
-    return min(step / warmup, math.sqrt(warmup / step))
+def lr_factor(step: int, warmup: int, total: int | None = None, cooldown: int = 0) -> float:
+    """Learning-rate multiplier: linear warm-up, inverse square-root decay and, over the
+    last ``cooldown`` of ``total`` steps, a linear fall to zero. The cool-down leaves the
+    schedule before it unchanged, so a run can be branched into a cool-down from any
+    checkpoint of a longer run and still be reproduced from scratch by one config."""
+    def noam(s: int) -> float:
+        s = max(s, 1)
+        return min(s / warmup, math.sqrt(warmup / s))
+
+    if cooldown and total is not None and step > total - cooldown:
+        return noam(total - cooldown) * max(total - step, 0) / cooldown
+    return noam(step)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -187,7 +198,7 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
         if previous.is_file() and (out / STATE_FILE).is_file():  # a run that got as far as a checkpoint
             old = json.loads(previous.read_text())
             changed = {k: (old.get(k), v) for k, v in config.to_dict().items()
-                       if k not in ("steps", "checkpoint_every", "log_every") and old.get(k) != v}
+                       if k not in RESCHEDULABLE and old.get(k) != v}
             if changed:
                 raise ValueError(f"{out} holds a run with another configuration ({changed}); "
                                  "resume with the same settings or choose another output folder")
@@ -207,7 +218,8 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
     model = backend.model
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps, config.cooldown_steps))
     step, epoch, position = 0, 0, 0
     state_path = out / STATE_FILE
     if state_path.is_file():

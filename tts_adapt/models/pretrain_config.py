@@ -15,6 +15,8 @@ class PretrainConfig:
     batch_size: int = field(default=16, metadata={"help": "Utterances per step (all processes together)."})
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
     warmup_steps: int = field(default=1000, metadata={"help": "Linear warm-up, then inverse square-root decay."})
+    cooldown_steps: int = field(default=0, metadata={
+        "help": "The last N of `steps` decay the learning rate linearly to zero (0: no cool-down)."})
     weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay."})
     grad_clip: float = field(default=5.0, metadata={"help": "Gradient-norm clipping threshold."})
     max_seconds: float = field(default=8.0, metadata={"help": "Leave out longer utterances."})
@@ -27,6 +29,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.cooldown_steps < self.steps:
+            raise ValueError(f"cooldown_steps must be in [0, steps); got {self.cooldown_steps} of {self.steps}")
         if self.conditioning not in ("d_vector", "id_table"):
             raise ValueError(f"conditioning must be d_vector or id_table, got {self.conditioning!r}")
 
