@@ -98,7 +98,7 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
               f"{info.get('val_utterances', '?')} validation utterances",
               f"- steps: {info.get('steps', '?')} (batch {pre.get('batch_size', '?')}, AdamW, peak lr "
               f"{pre.get('lr', '?')}, warm-up {pre.get('warmup_steps', '?')} steps"
-              + (f", linear cool-down to zero over the last {pre['cooldown_steps']}" if pre.get("cooldown_steps") else "")
+              + (f", linear cool-down to zero over the last {pre['cooldown_steps']} steps" if pre.get("cooldown_steps") else "")
               + "), "
               f"{info.get('processes', 1)} process(es)",
               f"- wall time: {float(info.get('wall_seconds', 0)) / 3600:.2f} h of training on CPU"]
