@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,7 @@ def test_pretrain_writes_a_loadable_model_log_and_state(run_a):
         assert (run_a / name).is_file(), name
     model = TTSBackend.from_pretrained(run_a)
     assert model.info["steps"] == 4 and model.info["size"] == "tiny"
+    assert model.audio.n_mels == CONFIG.n_mels
     assert model.speakers.kind == "d_vector" and len(model.speakers.names) == 4  # the corpus's pretrain speakers
     assert torch.load(run_a / "model.pth", weights_only=True)["step"] == 4
     mel = model.synthesize_mel("A short test sentence.", speaker=model.speakers.names[0])
@@ -130,6 +132,17 @@ def test_another_config_in_the_same_folder_is_refused(run_a, tiny_corpus, featur
     with pytest.raises(ValueError, match="another configuration"):
         _run(tiny_corpus, run_a, feature_cache, other)
     assert {p.name: p.stat().st_mtime_ns for p in run_a.iterdir()} == before  # nothing touched
+
+
+@pytest.mark.slow
+def test_a_run_from_before_the_mel_band_setting_counts_as_80_bands(run_a, tiny_corpus, feature_cache, tmp_path):
+    older = tmp_path / "older"
+    shutil.copytree(run_a, older)
+    settings = json.loads((older / "pretrain.json").read_text())
+    del settings["n_mels"]  # written before the setting existed, when every run had 80 bands
+    (older / "pretrain.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"another configuration.*'n_mels': \(80, 128\)"):
+        _run(tiny_corpus, older, feature_cache)
 
 
 @pytest.mark.slow

@@ -42,6 +42,8 @@ STATE_FILE = "trainer_state.pt"
 MAX_BAD_STEPS = 10
 # settings a resumed run may change: its length, and with it where the cool-down starts
 RESCHEDULABLE = ("steps", "cooldown_steps", "checkpoint_every", "log_every")
+#: Settings added after runs were made without them, with the value those runs used.
+EARLIER_DEFAULTS = {"n_mels": 80}
 LOG_FIELDS = ("step", "epoch", "loss", "loss_spec", "log_mle", "loss_dur", "loss_pitch", "loss_aligner",
               "loss_binary_alignment", "val_loss", "lr", "seconds", "utterances_per_s")
 
@@ -127,7 +129,7 @@ def prepare(data: str | Path, out: Path, config: PretrainConfig, *, layout: str 
     report = report or InputReport()
     kwargs = {"speaker_sets": ["pretrain"]} if layout in ("auto", "tts_adapt") and (Path(data) / "manifest.csv").is_file() \
         else {}
-    audio = AudioConfig()
+    audio = AudioConfig(n_mels=config.n_mels)
     utts, report = read_dataset(data, layout, report=report, workers=workers, progress=progress, **kwargs)
     if not utts:
         raise ValueError(f"{data}: no usable utterances for pretraining\n{report.summary()}")
@@ -196,7 +198,7 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
         out.mkdir(parents=True, exist_ok=True)
         previous = out / "pretrain.json"
         if previous.is_file() and (out / STATE_FILE).is_file():  # a run that got as far as a checkpoint
-            old = json.loads(previous.read_text())
+            old = {**EARLIER_DEFAULTS, **json.loads(previous.read_text())}
             changed = {k: (old.get(k), v) for k, v in config.to_dict().items()
                        if k not in RESCHEDULABLE and old.get(k) != v}
             if changed:

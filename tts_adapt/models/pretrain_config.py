@@ -11,6 +11,9 @@ class PretrainConfig:
     backend: str = field(default="fastpitch", metadata={"help": "Model backend (fastpitch, glowtts)."})
     size: str = field(default="small", metadata={"help": "Model size preset of the backend."})
     conditioning: str = field(default="d_vector", metadata={"help": "Speaker conditioning: d_vector or id_table."})
+    n_mels: int = field(default=128, metadata={
+        "help": "Mel bands of the model's features (16 kHz, 0-8 kHz). 80 bands are too coarse for the harmonics "
+                "of voices below about 110 Hz, which Griffin-Lim then renders unvoiced."})
     steps: int = field(default=20000, metadata={"help": "Total optimizer steps."})
     batch_size: int = field(default=16, metadata={"help": "Utterances per step (all processes together)."})
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
@@ -26,7 +29,7 @@ class PretrainConfig:
     seed: int = field(default=0, metadata={"help": "Seed of initialisation and data order."})
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("n_mels", "steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.cooldown_steps < self.steps:
