@@ -24,7 +24,7 @@ from tts_adapt.models.pretrain_config import PretrainConfig
 from tts_adapt.models.speakers import SPEAKERS_FILE, SpeakerTable, UnknownSpeakerError
 from tts_adapt.models.vocoder import GriffinLimVocoder
 
-AUDIO = AudioConfig()
+AUDIO = AudioConfig(n_mels=PretrainConfig.n_mels)  # the features pretrain() extracts, so the cache is shared
 SPEAKERS = ["alice", "bob", "carol"]
 TEXT = "The quick brown fox jumps over the lazy dog."
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def _sine(freq: float, seconds: float = 1.0, amplitude: float = 0.5) -> torch.Te
 def test_griffin_lim_lengths_and_batches():
     torch.manual_seed(0)
     vocoder = GriffinLimVocoder(AUDIO, n_iter=8)
-    mel = LogMel(AUDIO)(_sine(330.0, 0.5) + 0.01 * torch.randn(AUDIO.sample_rate // 2))  # (80, frames)
+    mel = LogMel(AUDIO)(_sine(330.0, 0.5) + 0.01 * torch.randn(AUDIO.sample_rate // 2))  # (n_mels, frames)
     frames = mel.shape[1]
     wav = vocoder(mel)
     assert wav.dim() == 1 and abs(wav.shape[0] - frames * AUDIO.hop_length) <= AUDIO.hop_length
