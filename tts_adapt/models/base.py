@@ -175,6 +175,12 @@ class TTSBackend(ABC):
         """Natural-log mel spectrogram ``(n_mels, frames)`` of ``text`` in a voice (a known speaker,
         or a d-vector ``(dim,)`` for zero-shot)."""
 
+    def synthesize_mel_f0(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
+                          length_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`synthesize_mel` and, for a model that predicts pitch, its F0 contour ``(frames,)`` in Hz
+        (0 where unvoiced), else None."""
+        return self.synthesize_mel(text, speaker, d_vector, length_scale), None
+
     @abstractmethod
     def lora_targets(self) -> list[str]:
         """Names of the modules (Linear, Conv1d, MultiheadAttention) LoRA may adapt."""

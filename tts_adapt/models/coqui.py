@@ -99,8 +99,10 @@ class CoquiBackend(TTSBackend):
         _, losses = self.model.train_step(self.coqui_batch(batch), self._criterion)
         return losses["loss"], loss_parts(losses)
 
-    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
-        """Normalised mel ``(frames, n_mels)`` from coqui's inference."""
+    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised mel ``(frames, n_mels)`` from coqui's inference, and the F0 contour ``(frames,)`` in Hz
+        (0 where unvoiced) for a model that predicts pitch, else None."""
         raise NotImplementedError
 
     def speaker_aux(self, speaker: str | None = None, d_vector: torch.Tensor | None = None) -> dict:
@@ -129,9 +131,13 @@ class CoquiBackend(TTSBackend):
         """The model's output mel ``(frames, n_mels)`` as a natural-log mel (undoes the normalisation)."""
         return self.stats.denormalize_mel(mel)
 
-    @torch.no_grad()
     def synthesize_mel(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
                        length_scale: float = 1.0) -> torch.Tensor:
+        return self.synthesize_mel_f0(text, speaker, d_vector, length_scale)[0]
+
+    @torch.no_grad()
+    def synthesize_mel_f0(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
+                          length_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not text or not text.strip():
             raise ValueError("text is empty: nothing to synthesise")
         aux = self.speaker_aux(speaker, d_vector)
@@ -139,10 +145,10 @@ class CoquiBackend(TTSBackend):
         was_training = self.model.training
         self.model.eval()
         try:
-            mel = self._inference(ids, aux, length_scale)
+            mel, f0 = self._inference(ids, aux, length_scale)
         finally:
             self.model.train(was_training)
-        return self.to_log_mel(mel).T.contiguous()
+        return self.to_log_mel(mel).T.contiguous(), f0
 
     def lora_targets(self) -> list[str]:
         """Linear, Conv1d and MultiheadAttention modules outside ``excluded_prefixes`` (never

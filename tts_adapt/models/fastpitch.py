@@ -7,6 +7,7 @@ import torch
 from tts_adapt.data.audio import AudioConfig
 from tts_adapt.models.base import register_backend
 from tts_adapt.models.coqui import TEXT_FIELDS, CoquiBackend, coqui_audio, speaker_fields
+from tts_adapt.models.features import F0_MAX, F0_MIN
 from tts_adapt.models.speakers import SpeakerTable
 
 #: Model sizes. "small" (about 2.5 M parameters) trains at about one step per second on
@@ -16,6 +17,11 @@ SIZES = {
     "small": dict(hidden=128, ffn=256, heads=2, layers=4),
     "base": dict(hidden=192, ffn=512, heads=2, layers=6),
 }
+#: espeak-ng IPA symbols spoken without voicing (with pauses and punctuation): the frames of these tokens
+#: get no F0 in :meth:`FastPitchBackend.frame_f0`. Stress and length marks follow their vowel.
+UNVOICED_SYMBOLS = frozenset("ptkfθsʃhxçʔ") | frozenset(" ,.;:!?-\"'()…—")
+#: Frames of the moving average that joins the predictor's per-token pitch into a contour (16 ms each).
+F0_SMOOTHING_FRAMES = 5
 #: The binary alignment loss is switched on gradually over this many steps (coqui ramps it by epochs).
 BINARY_LOSS_WARMUP_STEPS = 2000
 
@@ -56,10 +62,35 @@ class FastPitchBackend(CoquiBackend):
     def set_training_progress(self, step: int) -> None:
         self.model.binary_loss_weight = min(step / BINARY_LOSS_WARMUP_STEPS, 1.0)
 
-    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
+    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         old_scale = self.model.length_scale
         self.model.length_scale = length_scale
         try:
-            return self.model.inference(ids, aux_input=aux)["model_outputs"][0]
+            out = self.model.inference(ids, aux_input=aux)
+            mask = torch.ones_like(ids[:, None], dtype=torch.float)
+            durations = self.model.format_durations(out["durations_log"], mask)
         finally:
             self.model.length_scale = old_scale
+        mel = out["model_outputs"][0]
+        f0 = self.frame_f0(ids[0], out["pitch"][0, 0], durations.reshape(-1).long())
+        return mel, _fit_length(f0, mel.shape[0])
+
+    def frame_f0(self, ids: torch.Tensor, pitch: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
+        """F0 contour ``(frames,)`` in Hz from the pitch predictor: each token's predicted mean pitch
+        (un-normalised with the model's F0 statistics) over its frames, 0 on unvoiced symbols, joined by a
+        short moving average within voiced stretches."""
+        chars = [self.tokenizer.characters.id_to_char(int(i)) for i in ids]
+        voiced = torch.tensor([c not in UNVOICED_SYMBOLS for c in chars])
+        hz = (pitch.float() * self.stats.f0_std + self.stats.f0_mean).clamp(F0_MIN, F0_MAX)
+        f0 = torch.repeat_interleave(torch.where(voiced, hz, torch.zeros_like(hz)), durations)
+        v = (f0 > 0).float()[None, None]
+        kernel = torch.ones(1, 1, F0_SMOOTHING_FRAMES)
+        pad = F0_SMOOTHING_FRAMES // 2
+        total = torch.nn.functional.conv1d(f0[None, None], kernel, padding=pad)[0, 0]
+        count = torch.nn.functional.conv1d(v, kernel, padding=pad)[0, 0]
+        return torch.where(f0 > 0, total / count.clamp_min(1.0), torch.zeros_like(f0))
+
+
+def _fit_length(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` cut or zero-padded to ``n`` values."""
+    return x[:n] if len(x) >= n else torch.cat([x, x.new_zeros(n - len(x))])

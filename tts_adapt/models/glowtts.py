@@ -72,11 +72,11 @@ class GlowTTSBackend(CoquiBackend):
         tokens = torch.arange(batch.tokens.shape[1])[None, :] < batch.token_lengths[:, None]
         return batch.frame_mask, squeezed, tokens
 
-    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
+    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> tuple[torch.Tensor, None]:
         old_scale = self.model.length_scale
         self.model.length_scale = length_scale
         try:
             out = self.model.inference(ids, aux_input={**aux, "x_lengths": torch.tensor([ids.shape[1]])})
         finally:
             self.model.length_scale = old_scale
-        return out["model_outputs"][0]
+        return out["model_outputs"][0], None  # Glow-TTS predicts no pitch

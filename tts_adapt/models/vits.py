@@ -196,10 +196,10 @@ class VitsBackend(ZooBackend, CoquiBackend):
         return losses["loss"], loss_parts(losses)
 
     # ------------------------------------------------------------------ synthesis
-    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
-        """Natural-log mel ``(frames, n_mels)`` of the synthesised waveform."""
+    def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> tuple[torch.Tensor, None]:
+        """Natural-log mel ``(frames, n_mels)`` of the synthesised waveform (VITS predicts no separate pitch)."""
         wav = self._waveform(ids, aux, length_scale)
-        return self.features.mel_of(wav[None])[0].T
+        return self.features.mel_of(wav[None])[0].T, None
 
     def _waveform(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
         old_scale = self.model.length_scale
