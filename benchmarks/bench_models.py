@@ -3,7 +3,8 @@
     python benchmarks/bench_models.py [--model DIR] [--corpus DIR] [--steps 20]
 
 Synthesis: real-time factor (wall time / audio duration) of acoustic model alone
-and with Griffin-Lim, over a few sentences (goal: <= 0.2 with Griffin-Lim).
+and with Griffin-Lim (and with WORLD for a FastPitch), over a few sentences (goal: <= 0.2 with
+Griffin-Lim).
 Pretraining: optimizer steps/s and utterances/s of the model's architecture on
 batches of the corpus (skipped without --corpus). Printed as one table with the
 core count, measured in the same run.
@@ -34,9 +35,9 @@ def bench_synthesis(synth: Synthesizer, repeats: int = 2) -> dict:
     for _ in range(repeats):
         for s in SENTENCES:
             t0 = time.perf_counter()
-            mel = synth.backend.synthesize_mel(s, speaker=speaker)
+            mel, f0 = synth.backend.synthesize_mel_f0(s, speaker=speaker)
             t1 = time.perf_counter()
-            wav = synth.vocoder(mel)
+            wav = synth.vocode(mel, f0)
             t2 = time.perf_counter()
             t_model += t1 - t0
             t_total += t2 - t0
@@ -78,11 +79,15 @@ def main() -> None:
     args = ap.parse_args()
     synth = Synthesizer(args.model)
     s = bench_synthesis(synth)
+    world = bench_synthesis(Synthesizer(synth.backend, vocoder="world")) if synth.backend.name.endswith(
+        "fastpitch") else None
     print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
           f"model: {synth.backend.name} ({synth.backend.num_parameters() / 1e6:.2f} M parameters)")
     print(f"{'measure':<42} {'value':>10}")
     print(f"{'synthesis RTF, acoustic model only':<42} {s['rtf_model']:>10.3f}")
     print(f"{'synthesis RTF, with Griffin-Lim (goal <= 0.2)':<42} {s['rtf_total']:>10.3f}")
+    if world is not None:
+        print(f"{'synthesis RTF, with WORLD':<42} {world['rtf_total']:>10.3f}")
     if args.corpus:
         from tts_adapt.models.synthesis import default_model_dir
 

@@ -414,12 +414,14 @@ def test_synthesize_command_with_an_adapter(runs, base_model, tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "default.wav")]) == 0
     assert main(common + ["--speaker", "target", "--out", str(tmp_path / "target.wav")]) == 0
     assert main(common + ["--speaker", old, "--out", str(tmp_path / "old.wav")]) == 0
+    assert main(common + ["--vocoder", "world", "--out", str(tmp_path / "world.wav")]) == 0
     waves = {}
-    for name in ("default", "target", "old"):
+    for name in ("default", "target", "old", "world"):
         wav, sr = sf.read(str(tmp_path / f"{name}.wav"))
         assert sr == TTSBackend.from_pretrained(base_model).audio.sample_rate and len(wav) > 0, name
         waves[name] = wav
     assert len(waves["default"]) == len(waves["target"])  # the adapter's voice is the default
+    assert abs(len(waves["world"]) - len(waves["default"])) <= 512  # the same mel, another vocoder
     assert main(["synthesize", "--model", str(base_model), "--adapter", str(out), "--list-speakers"]) == 0
     listed = capsys.readouterr().out
     assert "target" in listed and old in listed

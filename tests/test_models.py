@@ -16,13 +16,17 @@ import torch
 from torch import nn
 
 from tts_adapt.data.audio import AudioConfig, LogMel, save_audio
+from tts_adapt.evaluate.metrics import f0_track
 from tts_adapt.models import Batch, FastPitchBackend, ModelFolderError, TTSBackend, get_backend
 from tts_adapt.models.base import CHECKPOINT_FILE, CONFIG_FILE, META_FILE
 from tts_adapt.models.features import FeatureStats, extract_features
 from tts_adapt.models.pretrain import split_utterances
 from tts_adapt.models.pretrain_config import PretrainConfig
 from tts_adapt.models.speakers import SPEAKERS_FILE, SpeakerTable, UnknownSpeakerError
-from tts_adapt.models.vocoder import GriffinLimVocoder
+from tts_adapt.models.features import F0_MAX, F0_MIN
+from tts_adapt.models.fastpitch import UNVOICED_SYMBOLS
+from tts_adapt.models.synthesis import Synthesizer
+from tts_adapt.models.vocoder import GriffinLimVocoder, WorldVocoder
 
 AUDIO = AudioConfig(n_mels=PretrainConfig.n_mels)  # the features pretrain() extracts, so the cache is shared
 SPEAKERS = ["alice", "bob", "carol"]
@@ -148,6 +152,42 @@ def test_synthesize_mel_is_finite_log_mel_and_deterministic(backend):
     slow = backend.synthesize_mel(TEXT, speaker=SPEAKERS[0], length_scale=2.0)
     assert slow.shape[1] >= mel.shape[1]
     assert backend.model.length_scale == 1.0 and not backend.model.training  # settings restored
+
+
+def test_f0_contour_of_a_pitch_model_follows_its_frames_and_voicing(backend):
+    mel, f0 = backend.synthesize_mel_f0(TEXT, speaker=SPEAKERS[0])
+    assert torch.equal(mel, backend.synthesize_mel(TEXT, speaker=SPEAKERS[0]))
+    if not isinstance(backend, FastPitchBackend):
+        assert f0 is None  # Glow-TTS predicts no pitch
+        return
+    assert f0.shape == (mel.shape[1],)
+    voiced = f0[f0 > 0]
+    assert len(voiced) and (voiced >= F0_MIN).all() and (voiced <= F0_MAX).all()
+    assert (f0 == 0).any()  # the spaces and the full stop are unvoiced
+
+
+def test_frame_f0_spreads_token_pitch_over_durations_and_silences_unvoiced_symbols():
+    backend = make_backend(MODEL_CASES["fastpitch-tiny-d_vector"])
+    chars = ["a", "s", "a", " "]  # voiced, unvoiced, voiced, pause
+    assert "s" in UNVOICED_SYMBOLS and " " in UNVOICED_SYMBOLS
+    ids = torch.tensor([backend.tokenizer.characters.char_to_id(c) for c in chars])
+    pitch = torch.tensor([1.0, 0.0, -1.0, 0.0])  # normalised: mean +- one std (150 +- 30 Hz)
+    f0 = backend.frame_f0(ids, pitch, torch.tensor([10, 4, 10, 3]))
+    assert f0.shape == (27,)
+    assert torch.allclose(f0[:8], torch.tensor(180.0)) and torch.allclose(f0[16:22], torch.tensor(120.0))
+    assert (f0[10:14] == 0).all() and (f0[24:] == 0).all()
+
+
+def test_world_vocoder_needs_a_model_that_predicts_pitch(backend):
+    synth = Synthesizer(backend, vocoder="world")
+    if not isinstance(backend, FastPitchBackend):
+        with pytest.raises(ValueError, match="predicts none"):
+            synth.speak(TEXT, speaker=SPEAKERS[0])
+        return
+    wav = synth.speak(TEXT, speaker=SPEAKERS[0])
+    mel = synth.mel(TEXT, speaker=SPEAKERS[0])
+    assert wav.ndim == 1 and np.isfinite(wav).all() and 0 < np.abs(wav).max() <= 0.9 + 1e-5
+    assert abs(len(wav) - mel.shape[1] * AUDIO.hop_length) <= AUDIO.hop_length
 
 
 def test_zero_shot_by_d_vector(backend):
@@ -301,6 +341,31 @@ def test_griffin_lim_of_a_220_hz_sine_is_220_hz():
 
 
 # --------------------------------------------------------------------------- a shipped model
+def _noise_mel(seconds: float = 1.0) -> torch.Tensor:
+    """Log-mel of white noise: a flat envelope with no periodicity of its own."""
+    g = torch.Generator().manual_seed(0)
+    return LogMel(AUDIO)(0.1 * torch.randn(int(AUDIO.sample_rate * seconds), generator=g))
+
+
+@pytest.mark.parametrize("target", [95.0, 210.0])
+def test_world_vocoder_speaks_at_the_f0_it_is_given(target):
+    """A known answer: a flat envelope given an F0 contour is voiced at that F0 (pYIN within 5 %); the low
+    one is the case Griffin-Lim whispers."""
+    mel = _noise_mel()
+    wav = WorldVocoder(AUDIO)(mel, torch.full((mel.shape[1],), target)).numpy()
+    assert abs(len(wav) - mel.shape[1] * AUDIO.hop_length) <= AUDIO.hop_length
+    f0, voiced = f0_track(wav, AUDIO.sample_rate)
+    assert voiced[3:-3].mean() > 0.9
+    assert abs(np.nanmedian(f0[voiced]) - target) < 0.05 * target
+
+
+def test_world_vocoder_without_f0_is_unvoiced_noise():
+    mel = _noise_mel()
+    wav = WorldVocoder(AUDIO)(mel, np.zeros(mel.shape[1] - 5)).numpy()  # short contours are padded with 0
+    assert np.isfinite(wav).all() and np.abs(wav).max() > 0
+    assert f0_track(wav, AUDIO.sample_rate)[1].mean() < 0.2
+
+
 @pytest.mark.slow
 def test_shipped_base_model_speaks(tmp_path, tiny_corpus):
     """The shipped model, through the command line: a pretraining voice and a zero-shot voice."""

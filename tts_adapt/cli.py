@@ -15,6 +15,8 @@ from tts_adapt import __version__
 log = logging.getLogger("tts_adapt")
 
 DEFAULT_WORKDIR = "work"
+VOCODER_HELP = ("griffin-lim (the default), world (source-filter: voicing from the model's predicted pitch; "
+                "FastPitch models) or a coqui-tts HiFi-GAN folder")
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -177,7 +179,7 @@ def cmd_evaluate(args) -> int:
                          "with --adapter DIR, the adapter is evaluated against the base model")
     report = evaluate_base_model(args.model, args.data, args.out, per_speaker=args.per_speaker or 3,
                                  speaker_sets=tuple(args.sets.split(",")), max_speakers=args.max_speakers,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, vocoder=args.vocoder)
     print(report["markdown"])
     if args.write_card:
         from tts_adapt.models.card import write_model_card
@@ -236,7 +238,7 @@ def cmd_demo(args) -> int:
 
     print(f"loading the base model and the adapters of {args.adapters} ...", flush=True)
     run_demo(args.host, args.port, args.model, args.adapters, args.curvature, min_clips=args.min_clips,
-             max_steps=args.max_steps)
+             max_steps=args.max_steps, vocoder=args.vocoder)
     return 0
 
 
@@ -329,8 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     voice.add_argument("--speaker-wav", type=Path, nargs="+", help="reference recordings of a voice (zero-shot)")
     p.add_argument("--adapter", type=Path, default=None,
                    help="adapter folder from tts-adapt adapt; its voice is the speaker 'target' (the default)")
-    p.add_argument("--vocoder", type=Path, default=None,
-                   help="coqui-tts HiFi-GAN folder (default: Griffin-Lim)")
+    p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
     p.add_argument("--length-scale", type=float, default=1.0, help="speaking-rate factor, >1 slower (default: 1)")
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
     p.set_defaults(func=cmd_synthesize)
@@ -402,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_flag(p, "feature and score cache")
     p.add_argument("--sets", default="pretrain,unseen", help="without --adapter: speaker sets to score")
     p.add_argument("--max-speakers", type=int, default=None, help="without --adapter: only the first N speakers")
+    p.add_argument("--vocoder", default=None, help="without --adapter: " + VOCODER_HELP)
     p.add_argument("--write-card", action="store_true",
                    help="without --adapter: also write MODEL_CARD.md (with these scores) into the model folder")
     add_quiet_flag(p)
@@ -457,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {workdir / 'kfac.safetensors'}, written by quickstart)")
     p.add_argument("--min-clips", type=int, default=5, help="fewest clips a clone accepts (default: 5)")
     p.add_argument("--max-steps", type=int, default=1000, help="most adaptation steps a clone may ask (default: 1000)")
+    p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
     p.set_defaults(func=cmd_demo)
 
     from tts_adapt.quickstart import QuickstartConfig

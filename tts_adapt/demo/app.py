@@ -74,11 +74,12 @@ class DemoService:
 
     def __init__(self, model: str | Path | None = None, adapters: str | Path = DEFAULT_ADAPTERS,
                  curvature: list[str | Path] | None = None, *, min_clips: int = MIN_CLIPS,
-                 max_clips: int = MAX_CLIPS, max_steps: int = 1000, preload: bool = True):
+                 max_clips: int = MAX_CLIPS, max_steps: int = 1000, preload: bool = True,
+                 vocoder: str | Path | None = None):
         self.bank = AdapterBank(adapters)
         for stale in self.bank.remove_stale_staging():
             log.warning("removed %s, left by an interrupted clone run", stale)
-        self.models = VoiceModels(self.bank, model)
+        self.models = VoiceModels(self.bank, model, vocoder=vocoder)
         if preload:
             self.models.preload()
         self.curvature = [Path(p) for p in (curvature if curvature is not None else [DEFAULT_CURVATURE])]

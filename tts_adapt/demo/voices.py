@@ -132,8 +132,8 @@ class VoiceModels:
                 raise ValueError(f"model {model!r} has a speaker-ID table: it cannot speak a new voice zero-shot")
             kwargs = {"d_vector": voice.d_vector}
         with self._run_lock, torch.inference_mode():
-            mel = synth.mel(text, **kwargs)
-            wav = synth.vocoder(mel).cpu().numpy().astype(np.float32)
+            mel, f0 = synth.mel_f0(text, **kwargs)
+            wav = synth.vocode(mel, f0)
         return wav, mel
 
 

@@ -11,7 +11,7 @@ import torch
 from tts_adapt.data.samples import InputReport, Utterance
 from tts_adapt.data.validation import AudioChecks, check_audio
 from tts_adapt.models.base import TTSBackend
-from tts_adapt.models.vocoder import GriffinLimVocoder, HifiganVocoder
+from tts_adapt.models.vocoder import make_vocoder
 
 #: The base model shipped inside the package (pretrained on the embedded corpus).
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "base"
@@ -52,8 +52,9 @@ def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int, backend: TT
 
 
 class Synthesizer:
-    """A model (a folder, or a coqui zoo name) plus a vocoder (Griffin-Lim unless a coqui HiFi-GAN folder is
-    given). A model that makes waveforms itself (VITS) is not vocoded."""
+    """A model (a folder, or a coqui zoo name) plus a vocoder: Griffin-Lim by default, ``"world"`` (voicing
+    from the model's predicted F0; models that predict pitch) or a coqui HiFi-GAN folder. A model that
+    makes waveforms itself (VITS) is not vocoded."""
 
     def __init__(self, model: str | Path | TTSBackend | None = None, vocoder: str | Path | None = None,
                  griffin_lim_iters: int = 32, adapter: str | Path | None = None):
@@ -67,7 +68,7 @@ class Synthesizer:
         audio = self.backend.audio
         if vocoder and self.backend.produces_waveform:
             raise ValueError(f"a {self.backend.name} model makes its waveform itself; it takes no vocoder")
-        self.vocoder = HifiganVocoder(vocoder, audio) if vocoder else GriffinLimVocoder(audio, n_iter=griffin_lim_iters)
+        self.vocoder = make_vocoder(vocoder, audio, griffin_lim_iters)
 
     @property
     def sample_rate(self) -> int:
@@ -76,19 +77,37 @@ class Synthesizer:
     def mel(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
             length_scale: float = 1.0) -> torch.Tensor:
         """Log-mel ``(n_mels, frames)`` of all sentences of ``text`` (joined by short pauses)."""
+        return self.mel_f0(text, speaker, d_vector, length_scale)[0]
+
+    def mel_f0(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
+               length_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`mel` and the model's F0 contour ``(frames,)`` in Hz (None for a model without pitch)."""
         sentences = split_sentences(text)
         if not sentences:
             raise ValueError("text is empty: nothing to synthesise")
-        pause = torch.full((self.backend.audio.n_mels, int(PAUSE_SECONDS * self.sample_rate /
-                                                           self.backend.audio.hop_length)),
-                           float(np.log(self.backend.audio.log_floor)))
-        parts = []
+        frames = int(PAUSE_SECONDS * self.sample_rate / self.backend.audio.hop_length)
+        pause = torch.full((self.backend.audio.n_mels, frames), float(np.log(self.backend.audio.log_floor)))
+        mels, f0s = [], []
         for i, s in enumerate(sentences):
             if i:
-                parts.append(pause)
-            parts.append(self.backend.synthesize_mel(s, speaker=speaker, d_vector=d_vector,
-                                                     length_scale=length_scale))
-        return torch.cat(parts, dim=1)
+                mels.append(pause)
+                f0s.append(torch.zeros(frames))
+            mel, f0 = self.backend.synthesize_mel_f0(s, speaker=speaker, d_vector=d_vector, length_scale=length_scale)
+            mels.append(mel)
+            f0s.append(f0)
+        f0 = None if any(f is None for f in f0s) else torch.cat(f0s)
+        return torch.cat(mels, dim=1), f0
+
+    def vocode(self, mel: torch.Tensor, f0: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Waveform ``(samples,)`` float32 of a log-mel ``(n_mels, frames)`` (and its F0 contour, for a
+        vocoder that needs one)."""
+        with torch.no_grad():
+            if not getattr(self.vocoder, "needs_f0", False):
+                return self.vocoder(mel).cpu().numpy().astype(np.float32)
+            if f0 is None:
+                raise ValueError(f"the {type(self.vocoder).__name__} takes its voicing from the model's predicted "
+                                 f"pitch; a {self.backend.name} model predicts none: use the Griffin-Lim vocoder")
+            return self.vocoder(mel, f0).cpu().numpy().astype(np.float32)
 
     def speak(self, text: str, speaker: str | None = None, speaker_wavs: Sequence[str | Path] | None = None,
               length_scale: float = 1.0, d_vector: torch.Tensor | None = None) -> np.ndarray:
@@ -111,8 +130,7 @@ class Synthesizer:
                 parts.append(self.backend.synthesize_wav(s, speaker=speaker, d_vector=d_vector,
                                                          length_scale=length_scale))
             return torch.cat(parts).cpu().numpy().astype(np.float32)
-        mel = self.mel(text, speaker=speaker, d_vector=d_vector, length_scale=length_scale)
-        return self.vocoder(mel).cpu().numpy().astype(np.float32)
+        return self.vocode(*self.mel_f0(text, speaker=speaker, d_vector=d_vector, length_scale=length_scale))
 
     def copy_synthesis(self, audio_path: str | Path) -> np.ndarray:
         """A recording through the model's features and this vocoder (analysis, then synthesis): what the
@@ -120,13 +138,18 @@ class Synthesizer:
         if self.backend.produces_waveform:
             raise ValueError(f"a {self.backend.name} model makes its waveform itself; it has no mel to vocode")
         extractor = self.backend.feature_extractor()
+        f0 = None
         if extractor is None:  # the toolkit's own log-mel (its extractor would compute F0 too)
             from tts_adapt.data.audio import LogMel, load_audio
+            from tts_adapt.models.features import extract_f0
 
             if getattr(self, "_log_mel", None) is None:
                 self._log_mel = LogMel(self.backend.audio)
-            mel = self._log_mel(torch.from_numpy(load_audio(audio_path, self.sample_rate)[0]))
+            wav = load_audio(audio_path, self.sample_rate)[0]
+            mel = self._log_mel(torch.from_numpy(wav))
+            if getattr(self.vocoder, "needs_f0", False):
+                f0 = extract_f0(wav, self.backend.audio, mel.shape[1])
         else:
-            mel = extractor(str(audio_path))[0].T
-        with torch.no_grad():
-            return self.vocoder(mel).cpu().numpy().astype(np.float32)
+            mel, f0, _ = extractor(str(audio_path))
+            mel = mel.T
+        return self.vocode(mel, f0)

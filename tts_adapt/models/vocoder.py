@@ -1,9 +1,11 @@
-"""From log-mel spectrogram to waveform: Griffin-Lim (torchaudio) or a coqui-tts HiFi-GAN checkpoint."""
+"""From log-mel spectrogram to waveform: Griffin-Lim (torchaudio), WORLD (pyworld, voicing from the model's
+predicted F0) or a coqui-tts HiFi-GAN checkpoint."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchaudio
 
@@ -46,6 +48,64 @@ class GriffinLimVocoder:
         return wav * (0.9 / peak).clamp(max=10.0)  # peak at 0.9, never amplify noise more than 10x
 
 
+class WorldVocoder:
+    """Source-filter synthesis with WORLD (pyworld): the mel gives the spectral envelope (mel → linear
+    power by the same least squares as :class:`GriffinLimVocoder`), an F0 contour gives the excitation.
+
+    Griffin-Lim has to recover voicing from magnitudes alone; for low voices (below about 110 Hz) the
+    harmonics are closer together than the mel bands, so a predicted mel carries no harmonic comb and
+    the voice comes out whispered. Here the periodicity comes from the F0 contour instead: the model's
+    own predicted pitch (FastPitch) in synthesis, the recording's F0 in copy synthesis. Voiced frames
+    are periodic below :attr:`PERIODIC_BELOW` Hz and grow noisier up to :attr:`NOISY_ABOVE` Hz.
+    """
+
+    needs_f0 = True
+    PERIODIC_BELOW = 3000.0
+    NOISY_ABOVE = 7000.0
+
+    def __init__(self, audio: AudioConfig):
+        self.audio = audio
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=audio.n_fft // 2 + 1, n_mels=audio.n_mels, sample_rate=audio.sample_rate, f_min=audio.mel_fmin,
+            f_max=audio.mel_fmax, norm="slaney", mel_scale="slaney",
+        )
+        freqs = np.arange(audio.n_fft // 2 + 1) * audio.sample_rate / audio.n_fft
+        self._voiced_ap = np.clip((freqs - self.PERIODIC_BELOW) / (self.NOISY_ABOVE - self.PERIODIC_BELOW), 1e-3, 1.0)
+
+    @torch.no_grad()
+    def __call__(self, log_mel: torch.Tensor, f0: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Waveform ``(samples,)`` in [-1, 1] of a natural-log mel ``(n_mels, frames)`` and an F0 contour
+        ``(frames,)`` in Hz (0 where unvoiced; cut or zero-padded to the mel's frames)."""
+        import pyworld
+
+        if log_mel.dim() != 2:
+            raise ValueError(f"the WORLD vocoder takes one mel (n_mels, frames); got shape {tuple(log_mel.shape)}")
+        frames = log_mel.shape[1]
+        f0 = np.asarray(f0.cpu() if torch.is_tensor(f0) else f0, dtype=np.float64)[:frames]
+        f0 = np.pad(f0, (0, frames - len(f0)))
+        magnitude = self.inverse_mel(torch.exp(log_mel.detach().float().cpu())).clamp_min(1e-8)
+        power = np.ascontiguousarray(magnitude.T.double().numpy() ** 2)  # (frames, bins)
+        ap = np.ascontiguousarray(np.where(f0[:, None] > 0, self._voiced_ap[None], 1.0))
+        frame_ms = 1000.0 * self.audio.hop_length / self.audio.sample_rate
+        wav = torch.from_numpy(pyworld.synthesize(np.ascontiguousarray(f0), power, ap, self.audio.sample_rate,
+                                                  frame_ms)).float()
+        peak = wav.abs().max().clamp_min(1e-6)
+        return (wav * (0.9 / peak).clamp(max=10.0)).to(log_mel.device)
+
+
+#: ``--vocoder`` names; anything else is a HiFi-GAN folder or coqui vocoder name.
+VOCODER_NAMES = ("griffin-lim", "world")
+
+
+def make_vocoder(spec: str | Path | None, audio: AudioConfig, griffin_lim_iters: int = 32):
+    """The vocoder ``spec`` names: None or ``"griffin-lim"``, ``"world"``, else a coqui HiFi-GAN checkpoint."""
+    if spec is None or str(spec) == "griffin-lim":
+        return GriffinLimVocoder(audio, n_iter=griffin_lim_iters)
+    if str(spec) == "world":
+        return WorldVocoder(audio)
+    return HifiganVocoder(spec, audio)
+
+
 class HifiganVocoder:
     """A coqui-tts HiFi-GAN checkpoint folder (``config.json`` + ``model.pth``/``best_model.pth``), or a coqui
     vocoder name (``vocoder_models/en/vctk/hifigan_v2``) resolved as zoo models are.
@@ -53,6 +113,8 @@ class HifiganVocoder:
     The vocoder must have been trained on the same mel features (rate, FFT, hop,
     mels); its config is checked against the toolkit's audio config.
     """
+
+    needs_f0 = False
 
     def __init__(self, folder: str | Path, audio: AudioConfig):
         from TTS.config import load_config
