@@ -234,3 +234,12 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     assert "through the same vocoder (copy synthesis) reach" in card
     assert DEFAULT_COMMANDS[1] in card and (model / "training_curve.png").is_file()
     assert json.loads((model / "eval_report.json").read_text())["summary"] == summary
+
+    # a second vocoder's report joins the first on the card, each under its own heading
+    world = evaluate_base_model(model, tiny_corpus, tmp_path / "eval_world", per_speaker=1, progress=False,
+                                speaker_sets=("pretrain",), vocoder="world")
+    assert world["vocoder"] == "WorldVocoder" and set(world["summary"]) == {"pretrain", real, vocoded}
+    card = write_model_card(model, tmp_path / "eval_world").read_text()
+    assert json.loads((model / "eval_report_world.json").read_text())["summary"] == world["summary"]
+    assert card.index("### Vocoder: Griffin-Lim") < card.index("### Vocoder: WORLD")
+    assert "vocoded with Griffin-Lim" in card and "vocoded with WORLD" in card

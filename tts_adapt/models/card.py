@@ -3,7 +3,9 @@
 ``write_model_card(model_dir, report_dir)`` composes ``MODEL_CARD.md`` and
 ``training_curve.png`` in the model folder from files that commands wrote:
 ``tts_adapt.json`` and ``train_log.csv`` (``tts-adapt pretrain``) and
-``report.json`` (``tts-adapt evaluate``, copied into the folder as ``eval_report.json``), and ``pilot.md``
+``report.json`` (``tts-adapt evaluate``, copied into the folder as ``eval_report.json``, or
+``eval_report_world.json`` and so on for a vocoder other than Griffin-Lim: the card shows every
+vocoder's report the folder holds), and ``pilot.md``
 (``benchmarks/pilot_backends.py``) when the model folder holds one. Nothing in the
 card is typed by hand except the free-text notes: ``notes``, or else the model
 folder's ``card_notes.md``.
@@ -20,6 +22,8 @@ from tts_adapt.io import write_json_atomic, write_text_atomic
 NOTES_FILE = "card_notes.md"
 PILOT_FILE = "pilot.md"
 REPORT_FILE = "eval_report.json"
+#: Report files of the vocoders other than Griffin-Lim: ``eval_report_world.json``.
+VOCODER_REPORT_PATTERN = "eval_report_*.json"
 #: The card's target: the synthesised voice is closer to its own speaker's real audio than to any
 #: other speaker's for at least this share of the pretraining speakers.
 RECOGNISABLE_TARGET = 0.9
@@ -31,6 +35,9 @@ DEFAULT_COMMANDS = [
     "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain.yaml",
     "# the voice figures (2 held-out utterances per speaker) and this card; without --model: the shipped model",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 2 --write-card",
+    "# the same with the WORLD vocoder (voicing from the model's predicted pitch)",
+    "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval_world --per-speaker 2 "
+    "--vocoder world --write-card",
     "# the pilot of candidate architectures",
     "python benchmarks/pilot_backends.py --corpus work/corpus --minutes 20",
 ]
@@ -66,6 +73,24 @@ def plot_training_curve(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def report_file(report: dict) -> str:
+    """Where a model folder keeps a report: by vocoder (``GriffinLimVocoder`` → ``eval_report.json``,
+    ``WorldVocoder`` → ``eval_report_world.json``)."""
+    name = str(report.get("vocoder", "GriffinLimVocoder")).removesuffix("Vocoder").lower()
+    return REPORT_FILE if name in ("griffinlim", "") else REPORT_FILE.replace(".json", f"_{name}.json")
+
+
+def folder_reports(model_dir: Path) -> list[dict]:
+    """The reports a model folder holds, Griffin-Lim's first."""
+    paths = [model_dir / REPORT_FILE] + sorted(model_dir.glob(VOCODER_REPORT_PATTERN))
+    return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+
+def vocoder_label(report: dict) -> str:
+    return {"GriffinLimVocoder": "Griffin-Lim", "WorldVocoder": "WORLD", "HifiganVocoder": "HiFi-GAN"}.get(
+        report.get("vocoder", ""), str(report.get("vocoder", "?")))
+
+
 def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None, notes: str = "",
                      commands: list[str] | None = None) -> Path:
     model_dir = Path(model_dir)
@@ -80,9 +105,11 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
         notes = (model_dir / NOTES_FILE).read_text(encoding="utf-8")
     if notes:
         lines += [notes.strip(), ""]
-    report = json.loads((Path(report_dir) / "report.json").read_text()) if report_dir is not None else None
-    if report is not None:
-        write_json_atomic(model_dir / REPORT_FILE, report)  # the card's figures travel with the model
+    if report_dir is not None:  # the card's figures travel with the model
+        report = json.loads((Path(report_dir) / "report.json").read_text())
+        write_json_atomic(model_dir / report_file(report), report)
+    reports = [r for r in folder_reports(model_dir) if r.get("model_info", {}).get("steps") == info.get("steps")]
+    for report in reports:
         lines += [status(report, info.get("steps")), ""]
     if (model_dir / PILOT_FILE).is_file():
         lines += ["## Choice of architecture: pilot", "", (model_dir / PILOT_FILE).read_text(encoding="utf-8").strip(),
@@ -91,7 +118,8 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
               f"- architecture: coqui-tts `{meta['backend']}`, size preset `{info.get('size', '?')}`",
               f"- speaker conditioning: {pre.get('conditioning', '?')}",
               f"- audio: {meta['audio']['sample_rate']} Hz, {meta['audio']['n_mels']} mels, "
-              f"hop {meta['audio']['hop_length']}, FFT {meta['audio']['n_fft']}; vocoder: Griffin-Lim (torchaudio)",
+              f"hop {meta['audio']['hop_length']}, FFT {meta['audio']['n_fft']}; vocoder: Griffin-Lim (torchaudio) "
+              "by default, WORLD (pyworld, voicing from the predicted pitch) with `--vocoder world`",
               "", "## Training", "",
               f"- data: `{info.get('data', '?')}`: {info.get('speakers', '?')} speakers, "
               f"{info.get('train_utterances', '?')} training utterances ({info.get('train_hours', '?')} h), "
@@ -109,10 +137,12 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
                      + (f" (spectral {float(last['loss_spec']):.3f})" if last.get("loss_spec") else "")
                      + (f", validation loss {float(val[-1]['val_loss']):.3f}" if val else ""))
         lines += ["", "![training curve](training_curve.png)"]
-    if report is not None:
+    if reports:
         from tts_adapt.evaluate.report import to_markdown
 
-        lines += ["", "## Voices (held-out sentences of the embedded corpus)", "", to_markdown(report).strip()]
+        lines += ["", "## Voices (held-out sentences of the embedded corpus)"]
+        for report in reports:
+            lines += ["", f"### Vocoder: {vocoder_label(report)}", "", to_markdown(report).strip()]
     lines += ["", "## Reproduce", "", "```bash", *(commands or DEFAULT_COMMANDS), "```"]
     path = model_dir / "MODEL_CARD.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -127,7 +157,8 @@ def status(report: dict, steps) -> str:
     got = summary["pretrain"]
     share = got["recognisable_share"]
     verdict = "meets" if share >= RECOGNISABLE_TARGET else "does not yet meet"
-    text = (f"At step {steps} the model {verdict} its target: its synthesised voice is closest to its own "
+    text = (f"At step {steps}, vocoded with {vocoder_label(report)}, the model {verdict} its target: "
+            f"its synthesised voice is closest to its own "
             f"speaker's real audio for {got['recognisable']} of {got['speakers']} pretraining speakers "
             f"({100 * share:.0f} %; target {100 * RECOGNISABLE_TARGET:.0f} %).")
     from tts_adapt.evaluate.voices import REFERENCES
