@@ -102,7 +102,7 @@ class Synthesizer:
         """Waveform ``(samples,)`` float32 of a log-mel ``(n_mels, frames)`` (and its F0 contour, for a
         vocoder that needs one)."""
         with torch.no_grad():
-            if not getattr(self.vocoder, "needs_f0", False):
+            if not self.vocoder.needs_f0:
                 return self.vocoder(mel).cpu().numpy().astype(np.float32)
             if f0 is None:
                 raise ValueError(f"the {type(self.vocoder).__name__} takes its voicing from the model's predicted "
@@ -147,7 +147,7 @@ class Synthesizer:
                 self._log_mel = LogMel(self.backend.audio)
             wav = load_audio(audio_path, self.sample_rate)[0]
             mel = self._log_mel(torch.from_numpy(wav))
-            if getattr(self.vocoder, "needs_f0", False):
+            if self.vocoder.needs_f0:
                 f0 = extract_f0(wav, self.backend.audio, mel.shape[1])
         else:
             mel, f0, _ = extractor(str(audio_path))

@@ -12,6 +12,20 @@ import torchaudio
 from tts_adapt.data.audio import AudioConfig
 
 
+def inverse_mel_scale(audio: AudioConfig) -> torchaudio.transforms.InverseMelScale:
+    """Mel → linear magnitude by least squares, for the toolkit's slaney mel filters."""
+    return torchaudio.transforms.InverseMelScale(
+        n_stft=audio.n_fft // 2 + 1, n_mels=audio.n_mels, sample_rate=audio.sample_rate, f_min=audio.mel_fmin,
+        f_max=audio.mel_fmax, norm="slaney", mel_scale="slaney",
+    )
+
+
+def peak_normalise(wav: torch.Tensor) -> torch.Tensor:
+    """Peak at 0.9 along the last axis, never amplifying noise more than 10x."""
+    peak = wav.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+    return wav * (0.9 / peak).clamp(max=10.0)
+
+
 class GriffinLimVocoder:
     """Mel → linear magnitude (least squares, torchaudio ``InverseMelScale``) → Griffin-Lim.
 
@@ -21,14 +35,13 @@ class GriffinLimVocoder:
     Griffin-Lim's buzz.
     """
 
+    needs_f0 = False
+
     def __init__(self, audio: AudioConfig, n_iter: int = 32, power: float = 1.5, seed: int = 0):
         self.audio = audio
         self.power = power
         self.seed = seed
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=audio.n_fft // 2 + 1, n_mels=audio.n_mels, sample_rate=audio.sample_rate, f_min=audio.mel_fmin,
-            f_max=audio.mel_fmax, norm="slaney", mel_scale="slaney",
-        )
+        self.inverse_mel = inverse_mel_scale(audio)
         self.griffin_lim = torchaudio.transforms.GriffinLim(
             n_fft=audio.n_fft, n_iter=n_iter, win_length=audio.win_length, hop_length=audio.hop_length, power=1.0,
         )
@@ -44,8 +57,7 @@ class GriffinLimVocoder:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             wav = gl(magnitude ** self.power)
-        peak = wav.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
-        return wav * (0.9 / peak).clamp(max=10.0)  # peak at 0.9, never amplify noise more than 10x
+        return peak_normalise(wav)
 
 
 class WorldVocoder:
@@ -65,10 +77,7 @@ class WorldVocoder:
 
     def __init__(self, audio: AudioConfig):
         self.audio = audio
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=audio.n_fft // 2 + 1, n_mels=audio.n_mels, sample_rate=audio.sample_rate, f_min=audio.mel_fmin,
-            f_max=audio.mel_fmax, norm="slaney", mel_scale="slaney",
-        )
+        self.inverse_mel = inverse_mel_scale(audio)
         freqs = np.arange(audio.n_fft // 2 + 1) * audio.sample_rate / audio.n_fft
         self._voiced_ap = np.clip((freqs - self.PERIODIC_BELOW) / (self.NOISY_ABOVE - self.PERIODIC_BELOW), 1e-3, 1.0)
 
@@ -89,12 +98,7 @@ class WorldVocoder:
         frame_ms = 1000.0 * self.audio.hop_length / self.audio.sample_rate
         wav = torch.from_numpy(pyworld.synthesize(np.ascontiguousarray(f0), power, ap, self.audio.sample_rate,
                                                   frame_ms)).float()
-        peak = wav.abs().max().clamp_min(1e-6)
-        return (wav * (0.9 / peak).clamp(max=10.0)).to(log_mel.device)
-
-
-#: ``--vocoder`` names; anything else is a HiFi-GAN folder or coqui vocoder name.
-VOCODER_NAMES = ("griffin-lim", "world")
+        return peak_normalise(wav).to(log_mel.device)
 
 
 def make_vocoder(spec: str | Path | None, audio: AudioConfig, griffin_lim_iters: int = 32):
