@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from tts_adapt.data.audio import AudioConfig, LogMel, save_audio
+from tts_adapt.data.samples import Utterance
 from tts_adapt.evaluate.metrics import f0_track
 from tts_adapt.models import Batch, FastPitchBackend, ModelFolderError, TTSBackend, get_backend
 from tts_adapt.models.base import CHECKPOINT_FILE, CONFIG_FILE, META_FILE
-from tts_adapt.models.features import FeatureStats, extract_features
+from tts_adapt.models.features import FeatureStats, extract_f0, extract_features, fingerprint
 from tts_adapt.models.pretrain import split_utterances
 from tts_adapt.models.pretrain_config import PretrainConfig
 from tts_adapt.models.speakers import SPEAKERS_FILE, SpeakerTable, UnknownSpeakerError
@@ -299,6 +300,56 @@ def test_batch_frame_mask_matches_mel_lengths(backend, train_features):
         assert (batch.mel[i, n:] == 0).all() and (batch.f0[i, 0, n:] == 0).all()
         assert torch.equal(batch.tokens[i, : len(items[i].tokens)], items[i].tokens)
         assert (batch.tokens[i, len(items[i].tokens):] == backend.pad_id).all()
+
+
+# --------------------------------------------------------------------------- pitch targets
+def _pulse_voice(f0: np.ndarray, sample_rate: int) -> np.ndarray:
+    """A buzz of glottal-like pulses following ``f0`` (Hz per sample) through one formant-ish resonance,
+    with 0.2 s of silence on either side."""
+    from scipy.signal import lfilter
+
+    phase = np.cumsum(f0 / sample_rate)
+    pulses = np.diff(np.floor(phase), prepend=0.0)
+    r, theta = 0.97, 2 * np.pi * 500 / sample_rate
+    voice = lfilter([1.0], [1.0, -2 * r * np.cos(theta), r * r], pulses)
+    pad = np.zeros(int(0.2 * sample_rate))
+    return (0.5 * np.concatenate([pad, voice / np.abs(voice).max(), pad])).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", [55.0, 110.0, 220.0])
+def test_rapt_tracks_low_and_high_voices(target):
+    """A known answer at the corpus's lowest voices (about 53 Hz), where SWIPE' jumped octaves."""
+    sr = AUDIO.sample_rate
+    wav = _pulse_voice(np.full(sr, target), sr)
+    frames = AUDIO.frames(len(wav))
+    f0 = extract_f0(wav, AUDIO, frames)
+    assert AUDIO.f0_method == "rapt" and f0.shape == (frames,) and f0.dtype == np.float32
+    voiced = f0[f0 > 0]
+    assert len(voiced) > 0.5 * sr / AUDIO.hop_length
+    assert abs(np.median(voiced) - target) < 0.03 * target
+    assert (f0[:8] == 0).all() and (f0[-8:] == 0).all()  # the silences
+
+
+def test_rapt_frames_line_up_with_the_mel_frames():
+    """A jump from 100 to 200 Hz one second in lands at mel frame sr / hop (within a frame)."""
+    sr = AUDIO.sample_rate
+    wav = _pulse_voice(np.where(np.arange(2 * sr) < sr, 100.0, 200.0), sr)
+    f0 = extract_f0(wav, AUDIO, AUDIO.frames(len(wav)))
+    jump = (0.2 * sr + sr) / AUDIO.hop_length
+    assert abs(f0[int(jump) - 6:int(jump) - 2].mean() - 100) < 5 and abs(f0[int(jump) + 3:int(jump) + 7].mean() - 200) < 10
+    # the quieter copy of the same voice has the same contour: the level does not decide voicing
+    assert np.abs(extract_f0(0.01 * wav, AUDIO, len(f0)) - f0).max() < 1.0
+
+
+def test_models_saved_before_the_f0_setting_keep_swipe_and_their_feature_cache():
+    assert AudioConfig.from_dict({"n_mels": 80}).f0_method == "swipe"  # tts_adapt.json of older models
+    assert AudioConfig.from_dict(AudioConfig().to_dict()) == AudioConfig()
+    with pytest.raises(ValueError, match="f0_method must be one of rapt, swipe"):
+        AudioConfig(f0_method="yin")
+    utts = [Utterance("a.wav", "Hello there.", "spk")]
+    # the fingerprint the feature cache had before the setting existed (80 bands, SWIPE')
+    assert fingerprint(utts, AudioConfig(f0_method="swipe"), {"phonemizer": "espeak"}) == "45ed2e2b526d7a23"
+    assert fingerprint(utts, AudioConfig(), {"phonemizer": "espeak"}) != "45ed2e2b526d7a23"
 
 
 # --------------------------------------------------------------------------- vocoder

@@ -27,6 +27,11 @@ class AudioError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+F0_METHODS = ("rapt", "swipe")
+#: Settings added after models were saved without them, with the value those models used.
+EARLIER_AUDIO_DEFAULTS = {"f0_method": "swipe"}
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Signal and feature settings shared by data, models and evaluation."""
@@ -39,6 +44,9 @@ class AudioConfig:
     mel_fmin: float = field(default=0.0, metadata={"help": "Lowest mel band edge, Hz."})
     mel_fmax: float | None = field(default=8000.0, metadata={"help": "Highest mel band edge, Hz (None: Nyquist)."})
     log_floor: float = field(default=1e-5, metadata={"help": "Magnitude floor before the log."})
+    f0_method: str = field(default="rapt", metadata={
+        "help": "F0 tracker of the pitch targets: rapt, or swipe (SWIPE', which jumps octaves on voices "
+                "below about 70 Hz; the models made before this setting use it)."})
 
     def __post_init__(self):
         if self.sample_rate <= 0:
@@ -49,6 +57,8 @@ class AudioConfig:
             raise ValueError(f"hop_length must be in 1..win_length, got {self.hop_length}")
         if self.mel_fmax is not None and self.mel_fmax > self.sample_rate / 2:
             raise ValueError(f"mel_fmax ({self.mel_fmax}) is above Nyquist ({self.sample_rate / 2})")
+        if self.f0_method not in F0_METHODS:
+            raise ValueError(f"f0_method must be one of {', '.join(F0_METHODS)}, got {self.f0_method!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,7 +66,7 @@ class AudioConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "AudioConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{**EARLIER_AUDIO_DEFAULTS, **{k: v for k, v in d.items() if k in known}})
 
     def frames(self, num_samples: int) -> int:
         """Number of STFT frames (centred) for ``num_samples`` samples."""

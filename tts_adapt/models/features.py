@@ -1,7 +1,7 @@
 """Training features of utterances: log-mel, frame-level F0 and token ids, cached on disk.
 
 What is computed from the audio is the backend's choice: by default a natural-log mel
-(torchaudio, the toolkit's :class:`AudioConfig`) and SWIPE' F0; a backend whose model was
+(torchaudio, the toolkit's :class:`AudioConfig`) and F0 by the config's tracker (RAPT by default); a backend whose model was
 trained on other features (a coqui-tts zoo model) gives a :class:`FeatureExtractor` that
 computes them with coqui's own code, and may add model-specific tensors (``extras``, e.g.
 the waveform VITS computes its linear spectrogram from). The extractor's description is
@@ -34,16 +34,29 @@ from tts_adapt.parallel import process_pool
 
 log = logging.getLogger(__name__)
 
-F0_MIN, F0_MAX = 50.0, 600.0
+#: Search range of the F0 trackers, Hz (the corpus's lowest voices are near 53 Hz).
+F0_MIN, F0_MAX = 40.0, 600.0
+#: SWIPE's floor in the models made with it (kept so their features stay the same).
+SWIPE_MIN = 50.0
 SHARD_SIZE = 256
 
 
 def extract_f0(wav: np.ndarray, config: AudioConfig, num_frames: int) -> np.ndarray:
-    """F0 in Hz per mel frame ``(num_frames,)``, 0 where unvoiced (SWIPE' via pysptk)."""
+    """F0 in Hz per mel frame ``(num_frames,)``, 0 where unvoiced, by ``config.f0_method`` (pysptk).
+
+    ``rapt`` (the default) tracks the low voices that SWIPE' (``swipe``, of models made before the
+    setting) puts one to three octaves too high. RAPT's voicing decision depends on the level, so
+    the signal is peak-normalised to the 16-bit range it expects.
+    """
     import pysptk
 
-    f0 = pysptk.swipe(wav.astype(np.float64), fs=config.sample_rate, hopsize=config.hop_length,
-                      min=F0_MIN, max=F0_MAX, threshold=0.3, otype="f0")
+    if config.f0_method == "rapt":
+        peak = float(np.abs(wav).max()) if wav.size else 0.0
+        x = (wav * (0.9 * 32767 / peak) if peak > 0 else wav).astype(np.float32)
+        f0 = pysptk.rapt(x, fs=config.sample_rate, hopsize=config.hop_length, min=F0_MIN, max=F0_MAX, otype="f0")
+    else:
+        f0 = pysptk.swipe(wav.astype(np.float64), fs=config.sample_rate, hopsize=config.hop_length,
+                          min=SWIPE_MIN, max=F0_MAX, threshold=0.3, otype="f0")
     out = np.zeros(num_frames, dtype=np.float32)
     n = min(num_frames, len(f0))
     out[:n] = f0[:n]
@@ -70,7 +83,7 @@ class FeatureExtractor:
 
     Must be picklable (extraction may run in worker processes); :meth:`describe` identifies
     it in the cache fingerprint. This default is the toolkit's own: natural-log mel from
-    torchaudio and SWIPE' F0, at the :class:`AudioConfig`'s rate.
+    torchaudio and F0 from :func:`extract_f0`, at the :class:`AudioConfig`'s rate.
     """
 
     def __init__(self, config: AudioConfig):
@@ -124,7 +137,10 @@ def fingerprint(utts: Sequence[Utterance], config: AudioConfig, text_config: dic
                 extractor: FeatureExtractor | None = None) -> str:
     h = hashlib.sha256()
     described = extractor.describe() if extractor is not None else None
-    h.update(json.dumps([config.to_dict(), text_config] + ([described] if described else []), sort_keys=True).encode())
+    audio = config.to_dict()
+    if audio["f0_method"] == "swipe":  # caches written before the setting existed stay valid
+        del audio["f0_method"]
+    h.update(json.dumps([audio, text_config] + ([described] if described else []), sort_keys=True).encode())
     for u in utts:
         h.update(f"{u.audio_path}|{u.speaker}|{u.text}\n".encode())
     return h.hexdigest()[:16]
