@@ -243,3 +243,15 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     assert json.loads((model / "eval_report_world.json").read_text())["summary"] == world["summary"]
     assert card.index("### Vocoder: Griffin-Lim") < card.index("### Vocoder: WORLD")
     assert "vocoded with Griffin-Lim" in card and "vocoded with WORLD" in card
+
+    # a model started from another run's weights names that run, its pitch targets and the total time
+    meta = json.loads((model / "tts_adapt.json").read_text())
+    assert meta["audio"]["f0_method"] == "rapt" and "pitch targets by RAPT" in card
+    wall = float(meta["info"]["wall_seconds"])
+    meta["info"]["init_from"] = {"path": "runs/first", "steps": 7500, "wall_seconds": 7200.0,
+                                 "pretrain": {"lr": 0.001, "n_mels": 128}}  # a run from before f0_method
+    (model / "tts_adapt.json").write_text(json.dumps(meta))
+    card = write_model_card(model).read_text()
+    assert ("- started from the weights of `runs/first`: 7500 steps (peak lr 0.001, 128 mels, pitch targets by "
+            "SWIPE'), 2.00 h") in card
+    assert f"- wall time of all runs together: {(wall + 7200) / 3600:.2f} h" in card

@@ -139,10 +139,31 @@ def test_a_run_from_before_the_mel_band_setting_counts_as_80_bands(run_a, tiny_c
     older = tmp_path / "older"
     shutil.copytree(run_a, older)
     settings = json.loads((older / "pretrain.json").read_text())
-    del settings["n_mels"]  # written before the setting existed, when every run had 80 bands
+    # written before the settings existed, when every run had 80 bands and SWIPE' pitch targets
+    for key in ("n_mels", "f0_method", "init_from"):
+        del settings[key]
     (older / "pretrain.json").write_text(json.dumps(settings))
-    with pytest.raises(ValueError, match=r"another configuration.*'n_mels': \(80, 128\)"):
+    with pytest.raises(ValueError, match=r"another configuration.*'n_mels': \(80, 128\), "
+                                         r"'f0_method': \('swipe', 'rapt'\)}"):
         _run(tiny_corpus, older, feature_cache)
+
+
+@pytest.mark.slow
+def test_a_run_can_start_from_another_models_weights(run_a, tiny_corpus, feature_cache, tmp_path):
+    config = PretrainConfig(**{**CONFIG.to_dict(), "init_from": str(run_a), "steps": 1, "lr": 1e-12})
+    _run(tiny_corpus, tmp_path / "warm", feature_cache, config)
+    warm = TTSBackend.from_pretrained(tmp_path / "warm")
+    start = _weights(run_a)
+    # one step at a vanishing learning rate: still the weights it started from, not a fresh initialisation
+    assert all(torch.allclose(w, start[k], atol=1e-6) for k, w in _weights(tmp_path / "warm").items())
+    assert warm.info["steps"] == 1 and warm.info["init_from"]["steps"] == 4
+    assert warm.info["init_from"]["path"] == str(run_a) and warm.info["init_from"]["pretrain"] == CONFIG.to_dict()
+
+    for init_from, message in ((tmp_path / "nothing", "init_from: model folder not found"),
+                               (run_a, "do not fit this run's model")):
+        other = PretrainConfig(**{**CONFIG.to_dict(), "init_from": str(init_from), "conditioning": "id_table"})
+        with pytest.raises(ValueError, match=message):
+            _run(tiny_corpus, tmp_path / f"bad-{init_from.name}", feature_cache, other)
 
 
 @pytest.mark.slow

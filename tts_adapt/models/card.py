@@ -17,11 +17,13 @@ import csv
 import json
 from pathlib import Path
 
+from tts_adapt.data.audio import EARLIER_AUDIO_DEFAULTS, AudioConfig
 from tts_adapt.io import write_json_atomic, write_text_atomic
 
 NOTES_FILE = "card_notes.md"
 PILOT_FILE = "pilot.md"
 REPORT_FILE = "eval_report.json"
+F0_LABELS = {"rapt": "RAPT", "swipe": "SWIPE'"}
 #: Report files of the vocoders other than Griffin-Lim: ``eval_report_world.json``.
 VOCODER_REPORT_PATTERN = "eval_report_*.json"
 #: The card's target: the synthesised voice is closer to its own speaker's real audio than to any
@@ -118,7 +120,8 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
               f"- architecture: coqui-tts `{meta['backend']}`, size preset `{info.get('size', '?')}`",
               f"- speaker conditioning: {pre.get('conditioning', '?')}",
               f"- audio: {meta['audio']['sample_rate']} Hz, {meta['audio']['n_mels']} mels, "
-              f"hop {meta['audio']['hop_length']}, FFT {meta['audio']['n_fft']}; vocoder: Griffin-Lim (torchaudio) "
+              f"hop {meta['audio']['hop_length']}, FFT {meta['audio']['n_fft']}, pitch targets by "
+              f"{F0_LABELS[AudioConfig.from_dict(meta['audio']).f0_method]}; vocoder: Griffin-Lim (torchaudio) "
               "by default, WORLD (pyworld, voicing from the predicted pitch) with `--vocoder world`",
               "", "## Training", "",
               f"- data: `{info.get('data', '?')}`: {info.get('speakers', '?')} speakers, "
@@ -130,6 +133,7 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
               + "), "
               f"{info.get('processes', 1)} process(es)",
               f"- wall time: {float(info.get('wall_seconds', 0)) / 3600:.2f} h of training on CPU"]
+    lines += lineage(info)
     if rows:
         last = rows[-1]
         val = [r for r in rows if r.get("val_loss")]
@@ -147,6 +151,23 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
     path = model_dir / "MODEL_CARD.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def lineage(info: dict) -> list[str]:
+    """Card lines on the runs whose weights started this one (``pretrain --init-from``), oldest last."""
+    lines, total = [], float(info.get("wall_seconds", 0))
+    parent = info.get("init_from")
+    while parent:
+        pre = parent.get("pretrain", {})
+        f0 = F0_LABELS[pre.get("f0_method", EARLIER_AUDIO_DEFAULTS["f0_method"])]
+        lines.append(f"- started from the weights of `{parent['path']}`: {parent.get('steps', '?')} steps "
+                     f"(peak lr {pre.get('lr', '?')}, {pre.get('n_mels', '?')} mels, pitch targets by {f0}), "
+                     f"{float(parent.get('wall_seconds', 0)) / 3600:.2f} h")
+        total += float(parent.get("wall_seconds", 0))
+        parent = parent.get("init_from")
+    if lines:
+        lines.append(f"- wall time of all runs together: {total / 3600:.2f} h")
+    return lines
 
 
 def status(report: dict, steps) -> str:

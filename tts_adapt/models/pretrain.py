@@ -43,7 +43,7 @@ MAX_BAD_STEPS = 10
 # settings a resumed run may change: its length, and with it where the cool-down starts
 RESCHEDULABLE = ("steps", "cooldown_steps", "checkpoint_every", "log_every")
 #: Settings added after runs were made without them, with the value those runs used.
-EARLIER_DEFAULTS = {"n_mels": 80}
+EARLIER_DEFAULTS = {"n_mels": 80, "f0_method": "swipe", "init_from": ""}
 LOG_FIELDS = ("step", "epoch", "loss", "loss_spec", "log_mle", "loss_dur", "loss_pitch", "loss_aligner",
               "loss_binary_alignment", "val_loss", "lr", "seconds", "utterances_per_s")
 
@@ -129,7 +129,7 @@ def prepare(data: str | Path, out: Path, config: PretrainConfig, *, layout: str 
     report = report or InputReport()
     kwargs = {"speaker_sets": ["pretrain"]} if layout in ("auto", "tts_adapt") and (Path(data) / "manifest.csv").is_file() \
         else {}
-    audio = AudioConfig(n_mels=config.n_mels)
+    audio = AudioConfig(n_mels=config.n_mels, f0_method=config.f0_method)
     utts, report = read_dataset(data, layout, report=report, workers=workers, progress=progress, **kwargs)
     if not utts:
         raise ValueError(f"{data}: no usable utterances for pretraining\n{report.summary()}")
@@ -162,7 +162,31 @@ def prepare(data: str | Path, out: Path, config: PretrainConfig, *, layout: str 
         stats = FeatureStats.compute(train)
         torch.manual_seed(config.seed)
         backend = backend_cls.create(audio, stats, speakers, size=config.size)
+        if config.init_from:
+            init_weights(backend, config.init_from)
     return backend, train, val, report
+
+
+def init_weights(backend: TTSBackend, source: str | Path) -> None:
+    """Start ``backend`` from the weights of the model in ``source`` (a fine-tuning start, as coqui's
+    ``--restore_path``); what that model was trained for is kept in ``backend.info["init_from"]``."""
+    source = Path(source)
+    try:
+        parent = TTSBackend.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"init_from: {err}") from None
+    if parent.name != backend.name:
+        raise ValueError(f"init_from {source}: a {parent.name} model cannot start a {backend.name} run")
+    own = backend.model.state_dict()
+    theirs = parent.model.state_dict()
+    mismatched = sorted(k for k in own if k not in theirs or theirs[k].shape != own[k].shape)
+    if mismatched:
+        raise ValueError(f"init_from {source}: {len(mismatched)} weight(s) do not fit this run's model "
+                         f"(e.g. {mismatched[0]}); use the same size, mel bands and speaker conditioning")
+    backend.model.load_state_dict({k: theirs[k] for k in own})
+    backend.info["init_from"] = {"path": str(source), **{k: parent.info[k] for k in
+                                                          ("steps", "wall_seconds", "pretrain", "init_from")
+                                                          if k in parent.info}}
 
 
 @torch.no_grad()

@@ -14,6 +14,11 @@ class PretrainConfig:
     n_mels: int = field(default=128, metadata={
         "help": "Mel bands of the model's features (16 kHz, 0-8 kHz). 80 bands are too coarse for the harmonics "
                 "of voices below about 110 Hz, which Griffin-Lim then renders unvoiced."})
+    f0_method: str = field(default="rapt", metadata={
+        "help": "F0 tracker of the pitch targets: rapt, or swipe (jumps octaves on voices below about 70 Hz)."})
+    init_from: str = field(default="", metadata={
+        "help": "Model folder whose weights start the run (same backend, size and mel bands); the run's own "
+                "schedule, data and statistics apply. Empty: random initialisation."})
     steps: int = field(default=20000, metadata={"help": "Total optimizer steps."})
     batch_size: int = field(default=16, metadata={"help": "Utterances per step (all processes together)."})
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
@@ -34,6 +39,10 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.cooldown_steps < self.steps:
             raise ValueError(f"cooldown_steps must be in [0, steps); got {self.cooldown_steps} of {self.steps}")
+        from tts_adapt.data.audio import F0_METHODS
+
+        if self.f0_method not in F0_METHODS:
+            raise ValueError(f"f0_method must be one of {', '.join(F0_METHODS)}, got {self.f0_method!r}")
         if self.conditioning not in ("d_vector", "id_table"):
             raise ValueError(f"conditioning must be d_vector or id_table, got {self.conditioning!r}")
 
