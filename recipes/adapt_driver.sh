@@ -35,7 +35,8 @@ target_dir=            # your own adaptation clips (wav + txt) instead of a data
 heldout_dir=           # and held-out clips of the same speaker
 max_clips=100          # most adaptation clips used (the first ones of the prepared folder)
 corpus_config=         # build the embedded corpus into --data first
-pretrain_config=       # pretrain a base model into <workdir>/base_model (stages 2-3)
+pretrain_config=       # pretrain a base model into <workdir>/base_model (stages 2-3); A.yaml,B.yaml: B starts
+                       # from A's weights (tts-adapt pretrain --init-from <workdir>/base_model.1)
 publish=               # also copy the sweep's table and plot into this folder
 headline_sweep=no      # yes: stage 7 is the embedded default's own sweep (its corpus in <workdir>/corpus, its grid)
 target_args=
@@ -130,8 +131,16 @@ fi
 # ----------------------------------------------------------------------------- 2-3: pretraining (embedded default)
 if [[ -n $pretrain_config ]]; then
   if wanted 2 && ! done_marker pretrain; then
-    log "stage 2: pretraining into $workdir/base_model (resumes if interrupted)"
-    run pretrain --data "$data" --out "$workdir/base_model" --config "$pretrain_config" || fail "pretraining failed"
+    IFS=, read -r -a pretrain_configs <<< "$pretrain_config"
+    previous=
+    for ((i = 0; i < ${#pretrain_configs[@]}; i++)); do
+      out=$workdir/base_model
+      ((i + 1 < ${#pretrain_configs[@]})) && out=$workdir/base_model.$((i + 1))
+      log "stage 2: pretraining into $out with ${pretrain_configs[i]}${previous:+, from the weights of $previous} (resumes if interrupted)"
+      run pretrain --data "$data" --out "$out" --config "${pretrain_configs[i]}" ${previous:+--init-from "$previous"} \
+        || fail "pretraining failed"
+      previous=$out
+    done
     mark_done pretrain
   fi
   if wanted 3 && ! done_marker card; then

@@ -248,16 +248,21 @@ def test_demo_recipe(tiny_corpus, tmp_path):
     """Stages 1-6 on the tiny corpus with a 2-step pretraining; stage 7 runs the headline sweep command."""
     from conftest import TINY_PRETRAIN
 
-    pretrain_yaml = tmp_path / "pretrain.yaml"
-    pretrain_yaml.write_text(yaml.safe_dump({"pretrain": TINY_PRETRAIN.to_dict()}))
+    # two pretraining configs: the second starts from the first one's weights, with other pitch targets
+    first, second = tmp_path / "pretrain.yaml", tmp_path / "finetune.yaml"
+    first.write_text(yaml.safe_dump({"pretrain": {**TINY_PRETRAIN.to_dict(), "f0_method": "swipe"}}))
+    second.write_text(yaml.safe_dump({"pretrain": {**TINY_PRETRAIN.to_dict(), "steps": 1, "warmup_steps": 1}}))
     workdir = tmp_path / "work"
     shutil.copytree(tiny_corpus, workdir / "corpus")
     # the tiny corpus's target speaker has 8 clips outside its own held-out split
-    args = ["--corpus-config", "", "--pretrain-config", str(pretrain_yaml), "--model", str(workdir / "base_model"),
+    args = ["--corpus-config", "", "--pretrain-config", f"{first},{second}", "--model", str(workdir / "base_model"),
             *TINY, "--target-args", "--clips 8 --heldout 2",
             "--adapt-args", "--steps 2 --batch-size 4 --val-every 1 --checkpoint-every 1 --min-clips 8 -q"]
     check_run(run_recipe("demo", workdir, "--stop-stage", "6", *args))
     assert (workdir / "base_model" / "MODEL_CARD.md").is_file() and (workdir / "base_eval" / "report.json").is_file()
+    info = json.loads((workdir / "base_model" / "tts_adapt.json").read_text())["info"]
+    assert info["steps"] == 1 and info["init_from"]["path"] == str(workdir / "base_model.1")
+    assert info["init_from"]["steps"] == TINY_PRETRAIN.steps and info["init_from"]["pretrain"]["f0_method"] == "swipe"
     target = json.loads((workdir / "target" / "target.json").read_text())["speaker"]
     assert target == corpus_rows(tiny_corpus)["target"][0]["speaker"]
     check_outputs(workdir, sweep=False)
