@@ -255,3 +255,4 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     assert ("- started from the weights of `runs/first`: 7500 steps (peak lr 0.001, 128 mels, pitch targets by "
             "SWIPE'), 2.00 h") in card
     assert f"- wall time of all runs together: {(wall + 7200) / 3600:.2f} h" in card
+    assert f"At step {meta['info']['steps']} of a run started from a 7500-step model, vocoded with" in card

@@ -112,7 +112,10 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
         write_json_atomic(model_dir / report_file(report), report)
     reports = [r for r in folder_reports(model_dir) if r.get("model_info", {}).get("steps") == info.get("steps")]
     for report in reports:
-        lines += [status(report, info.get("steps")), ""]
+        steps = info.get("steps")
+        if info.get("init_from"):
+            steps = f"{steps} of a run started from a {info['init_from'].get('steps', '?')}-step model"
+        lines += [status(report, steps), ""]
     if (model_dir / PILOT_FILE).is_file():
         lines += ["## Choice of architecture: pilot", "", (model_dir / PILOT_FILE).read_text(encoding="utf-8").strip(),
                   ""]
