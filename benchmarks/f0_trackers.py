@@ -14,17 +14,16 @@ table ends with each tracker's time per second of audio on this machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import F0_METHODS, AudioConfig, load_audio
 from tts_adapt.evaluate.metrics import f0_track
+from tts_adapt.evaluate.voices import heldout_recordings
 from tts_adapt.models.features import extract_f0
 
 OFF = 0.25  # relative distance of medians that counts as an octave error
@@ -35,15 +34,10 @@ def main() -> None:
     ap.add_argument("--corpus", required=True, help="the embedded corpus (tts-adapt corpus build)")
     ap.add_argument("--per-speaker", type=int, default=1, help="held-out recordings per speaker")
     args = ap.parse_args()
-    corpus = Path(args.corpus)
-    manifest = corpus / "manifest.csv"
-    if not manifest.is_file():
-        raise SystemExit(f"{corpus}: no manifest.csv; give a corpus built by tts-adapt corpus build")
-    heldout = defaultdict(list)
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            if r["speaker_set"] == "pretrain" and r["split"] == "heldout":
-                heldout[r["speaker"]].append(corpus / r["audio"])
+    try:
+        heldout = heldout_recordings(args.corpus)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     configs = {m: AudioConfig(f0_method=m) for m in F0_METHODS}
     sr = AudioConfig().sample_rate
     seconds = defaultdict(float)

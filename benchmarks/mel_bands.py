@@ -14,10 +14,8 @@ model trained on such features cannot speak those voices voiced either.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import AudioConfig, LogMel, load_audio
 from tts_adapt.evaluate.metrics import f0_track
+from tts_adapt.evaluate.voices import heldout_recordings
 from tts_adapt.models.vocoder import GriffinLimVocoder
 
 GROUPS = ((0.0, 110.0), (110.0, 180.0), (180.0, 1000.0))  # median F0 of the speaker's recordings, Hz
@@ -36,15 +35,10 @@ def main() -> None:
     ap.add_argument("--bands", type=int, nargs="+", default=[80, 128], help="mel band counts to compare")
     ap.add_argument("--per-speaker", type=int, default=1, help="held-out recordings per speaker")
     args = ap.parse_args()
-    corpus = Path(args.corpus)
-    manifest = corpus / "manifest.csv"
-    if not manifest.is_file():
-        raise SystemExit(f"{corpus}: no manifest.csv; give a corpus built by tts-adapt corpus build")
-    heldout = defaultdict(list)
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            if r["speaker_set"] == "pretrain" and r["split"] == "heldout":
-                heldout[r["speaker"]].append(corpus / r["audio"])
+    try:
+        heldout = heldout_recordings(args.corpus)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     sr = AudioConfig().sample_rate
     chains = {b: (LogMel(AudioConfig(n_mels=b)), GriffinLimVocoder(AudioConfig(n_mels=b))) for b in args.bands}
 

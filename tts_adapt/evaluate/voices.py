@@ -58,6 +58,18 @@ def _manifest(corpus: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def heldout_recordings(corpus: str | Path, speaker_set: str = "pretrain") -> dict[str, list[Path]]:
+    """Held-out recordings of each speaker of ``speaker_set`` in the embedded corpus, in manifest order."""
+    corpus = Path(corpus)
+    if not (corpus / "manifest.csv").is_file():
+        raise FileNotFoundError(f"{corpus}: no manifest.csv; give a corpus built by tts-adapt corpus build")
+    heldout: dict[str, list[Path]] = defaultdict(list)
+    for r in _manifest(corpus):
+        if r["speaker_set"] == speaker_set and r["split"] == "heldout":
+            heldout[r["speaker"]].append(corpus / r["audio"])
+    return heldout
+
+
 def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = ("pretrain", "unseen"),
                     per_speaker: int = 3, references: int = 5, max_speakers: int | None = None,
                     *, progress: bool = True, wav_dir: str | Path | None = None,
