@@ -398,3 +398,29 @@ def test_prepare_target_and_fit_curvature_read_their_config_sections(datasets, t
     c = config_from_args(args, CurvatureConfig, "curvature")
     assert (c.method, c.num_utterances, c.fisher) == ("ekfac", 9, "empirical")
     assert main(["prepare-target", "--data", str(datasets["vctk"]), "--out", str(tmp_path / "u")]) == 1
+
+
+def test_demo_recipe_pretrains_the_shipped_model():
+    """recipes/demo's pretraining chain (stage 2) has the settings of the runs that made the shipped model:
+    its last config those of the model's own run, each earlier one those of the run whose weights the next
+    one started from."""
+    import re
+
+    from tts_adapt.config import load_section
+    from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS, PretrainConfig
+    from tts_adapt.models.synthesis import DEFAULT_MODEL
+
+    chain = re.search(r'--pretrain-config "([^"]+)"', (ROOT / "recipes" / "demo" / "run.sh").read_text()).group(1)
+    configs = [PretrainConfig(**load_section(Path(p.replace("$root", str(ROOT))), "pretrain", PretrainConfig))
+               for p in chain.split(",")]
+    run = {**json.loads((DEFAULT_MODEL / "tts_adapt.json").read_text())["info"],
+           "pretrain": json.loads((DEFAULT_MODEL / "pretrain.json").read_text())}
+    for config in reversed(configs):
+        assert run, f"the recipe has {len(configs)} stages, more than the runs that made the shipped model"
+        made = {**PretrainConfig().to_dict(), **EARLIER_DEFAULTS, **run["pretrain"], "init_from": ""}
+        if run["steps"] < made["steps"]:  # stopped early: the same as a shorter run only without a cool-down
+            assert not made["cooldown_steps"], f"a run stopped inside its cool-down: {made}"
+            made["steps"] = run["steps"]
+        assert {**config.to_dict(), "init_from": ""} == made
+        run = run.get("init_from")
+    assert not run, "the shipped model started from a run the recipe does not have"

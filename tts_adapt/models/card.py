@@ -17,7 +17,8 @@ import csv
 import json
 from pathlib import Path
 
-from tts_adapt.data.audio import EARLIER_AUDIO_DEFAULTS, AudioConfig
+from tts_adapt.data.audio import AudioConfig
+from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS
 from tts_adapt.io import write_json_atomic, write_text_atomic
 
 NOTES_FILE = "card_notes.md"
@@ -33,8 +34,11 @@ RECOGNISABLE_TARGET = 0.9
 DEFAULT_COMMANDS = [
     "# the corpus (configs/demo_corpus.yaml = the defaults)",
     "tts-adapt corpus build --out work/corpus",
-    "# pretraining from scratch, or continuing a model folder (resumes from its trainer_state.pt)",
-    "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain.yaml",
+    "# pretraining: the shipped model's two runs, the second from the first's weights (recipes/demo/run.sh",
+    "# --stop-stage 2 runs both); configs/demo_pretrain.yaml trains a new model from scratch",
+    "tts-adapt pretrain --data work/corpus --out work/base_model.1 --config configs/demo_pretrain_stage1.yaml",
+    "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain_stage2.yaml "
+    "--init-from work/base_model.1",
     "# the voice figures (2 held-out utterances per speaker) and this card; without --model: the shipped model",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 2 --write-card",
     "# the same with the WORLD vocoder (voicing from the model's predicted pitch)",
@@ -161,10 +165,10 @@ def lineage(info: dict) -> list[str]:
     lines, total = [], float(info.get("wall_seconds", 0))
     parent = info.get("init_from")
     while parent:
-        pre = parent.get("pretrain", {})
-        f0 = F0_LABELS[pre.get("f0_method", EARLIER_AUDIO_DEFAULTS["f0_method"])]
+        pre = {**EARLIER_DEFAULTS, **parent.get("pretrain", {})}  # a run saved before a setting used its old value
+        f0 = F0_LABELS[pre["f0_method"]]
         lines.append(f"- started from the weights of `{parent['path']}`: {parent.get('steps', '?')} steps "
-                     f"(peak lr {pre.get('lr', '?')}, {pre.get('n_mels', '?')} mels, pitch targets by {f0}), "
+                     f"(peak lr {pre.get('lr', '?')}, {pre['n_mels']} mels, pitch targets by {f0}), "
                      f"{float(parent.get('wall_seconds', 0)) / 3600:.2f} h")
         total += float(parent.get("wall_seconds", 0))
         parent = parent.get("init_from")

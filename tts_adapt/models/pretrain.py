@@ -34,7 +34,7 @@ from tts_adapt.data.samples import InputReport, Utterance
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.base import TTSBackend, get_backend
 from tts_adapt.models.features import FeatureStats, UtteranceFeatures, extract_features
-from tts_adapt.models.pretrain_config import PretrainConfig
+from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS, PretrainConfig
 from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ STATE_FILE = "trainer_state.pt"
 MAX_BAD_STEPS = 10
 # settings a resumed run may change: its length, and with it where the cool-down starts
 RESCHEDULABLE = ("steps", "cooldown_steps", "checkpoint_every", "log_every")
-#: Settings added after runs were made without them, with the value those runs used.
-EARLIER_DEFAULTS = {"n_mels": 80, "f0_method": "swipe", "init_from": ""}
 LOG_FIELDS = ("step", "epoch", "loss", "loss_spec", "log_mle", "loss_dur", "loss_pitch", "loss_aligner",
               "loss_binary_alignment", "val_loss", "lr", "seconds", "utterances_per_s")
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+#: Settings added after runs were made without them, with the value those runs used.
+EARLIER_DEFAULTS = {"n_mels": 80, "f0_method": "swipe", "init_from": ""}
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
