@@ -204,7 +204,7 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
 
     from tts_adapt.evaluate.report import evaluate_base_model
     from tts_adapt.evaluate.voices import REFERENCES
-    from tts_adapt.models.card import DEFAULT_COMMANDS, NOTES_FILE, PILOT_FILE, write_model_card
+    from tts_adapt.models.card import DEFAULT_COMMANDS, NOTES_FILE, PILOT_FILE, training_steps, write_model_card
 
     report = evaluate_base_model(tiny_model, tiny_corpus, tmp_path / "eval", per_speaker=1, progress=False)
     summary = report["summary"]
@@ -256,3 +256,7 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
             "SWIPE'), 2.00 h") in card
     assert f"- wall time of all runs together: {(wall + 7200) / 3600:.2f} h" in card
     assert f"At step {meta['info']['steps']} of a run started from a 7500-step model, vocoded with" in card
+    assert training_steps(meta["info"]) == f"{meta['info']['steps'] + 7500} (in 2 runs)"
+    assert training_steps({"steps": 40}) == "40" and training_steps({}) == "?"
+    meta["info"]["init_from"]["init_from"] = {"path": "runs/zeroth"}  # a parent that recorded no steps
+    assert training_steps(meta["info"]) == "?"

@@ -74,6 +74,7 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     from tts_adapt.evaluate.speaker import SpeakerEncoder
     from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
+    from tts_adapt.models.card import training_steps
     from tts_adapt.models.synthesis import default_model_dir
 
     workdir = Path(workdir)
@@ -89,7 +90,7 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     model_dir = Path(model) if model else default_model_dir()
     base = TTSBackend.from_pretrained(model_dir)
     echo(f"[2/5] base model {model_dir}: {base.name}, {base.num_parameters() / 1e6:.2f} M parameters, "
-         f"{len(base.speakers.names)} speakers, {base.info.get('steps', '?')} training steps")
+         f"{len(base.speakers.names)} speakers, {training_steps(base.info)} training steps")
 
     t0 = time.time()
     echo(f"[3/5] K-FAC curvature of {config.curvature_utterances} pretraining utterances (fitted once, then reused)")

@@ -24,6 +24,7 @@ from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
                                     clips_from_upload, transcript_rows, write_target_folder)
 from tts_adapt.demo.voices import BASE, REFERENCE, VoiceModels, mel_image
+from tts_adapt.models.card import training_steps
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTERS = Path("work") / "adapters"
@@ -129,7 +130,7 @@ class DemoService:
             wav, mel = self.models.speak(name, text, v)
             if name == BASE:
                 backend = self.models.base.backend
-                title = f"### base model\n{backend.name}, {backend.info.get('steps', '?')} pretraining steps"
+                title = f"### base model\n{backend.name}, {training_steps(backend.info)} pretraining steps"
                 evaluation = "the model every adapter starts from"
             else:
                 adapter = self.bank.get(name)

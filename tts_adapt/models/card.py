@@ -177,6 +177,16 @@ def lineage(info: dict) -> list[str]:
     return lines
 
 
+def training_steps(info: dict) -> str:
+    """A model's optimizer steps, those of the runs its weights started from included: "7750 (in 2 runs)"."""
+    steps, runs, run = 0, 0, info
+    while run:
+        if "steps" not in run:
+            return "?"
+        steps, runs, run = steps + int(run["steps"]), runs + 1, run.get("init_from")
+    return f"{steps} (in {runs} runs)" if runs > 1 else str(steps) if runs else "?"
+
+
 def status(report: dict, steps) -> str:
     """One sentence: does the model reach the card's target, and how far is the ceiling of the measure."""
     summary = report["summary"]
