@@ -260,3 +260,20 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     assert training_steps({"steps": 40}) == "40" and training_steps({}) == "?"
     meta["info"]["init_from"]["init_from"] = {"path": "runs/zeroth"}  # a parent that recorded no steps
     assert training_steps(meta["info"]) == "?"
+
+
+def test_heldout_recordings_are_the_manifests_heldout_split_of_one_speaker_set(tiny_corpus, tmp_path):
+    from tts_adapt.evaluate.voices import heldout_recordings
+
+    with open(tiny_corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for speaker_set in ("pretrain", "unseen"):
+        got = heldout_recordings(tiny_corpus, speaker_set)
+        want = {r["speaker"] for r in rows if r["speaker_set"] == speaker_set}
+        assert set(got) == want and all(paths for paths in got.values())
+        for speaker, paths in got.items():
+            assert paths == [tiny_corpus / r["audio"] for r in rows
+                             if r["speaker"] == speaker and r["split"] == "heldout"]
+            assert all(p.is_file() for p in paths)
+    with pytest.raises(FileNotFoundError, match="no manifest.csv"):
+        heldout_recordings(tmp_path)

@@ -184,7 +184,9 @@ def training_steps(info: dict) -> str:
         if "steps" not in run:
             return "?"
         steps, runs, run = steps + int(run["steps"]), runs + 1, run.get("init_from")
-    return f"{steps} (in {runs} runs)" if runs > 1 else str(steps) if runs else "?"
+    if not runs:
+        return "?"
+    return str(steps) if runs == 1 else f"{steps} (in {runs} runs)"
 
 
 def status(report: dict, steps) -> str:
