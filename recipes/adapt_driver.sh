@@ -144,9 +144,12 @@ if [[ -n $pretrain_config ]]; then
     mark_done pretrain
   fi
   if wanted 3 && ! done_marker card; then
-    log "stage 3: scoring $workdir/base_model's voices and writing its model card"
-    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval" --write-card \
-      || fail "scoring the model failed"
+    log "stage 3: scoring $workdir/base_model's voices (Griffin-Lim and WORLD) and writing its model card"
+    # the shipped card's settings: 2 held-out utterances per speaker, one report per vocoder
+    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval" --per-speaker 2 \
+      --write-card || fail "scoring the model failed"
+    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval_world" --per-speaker 2 \
+      --vocoder world --write-card || fail "scoring the model with the WORLD vocoder failed"
     mark_done card
   fi
 elif wanted 2 || wanted 3; then

@@ -255,9 +255,19 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     assert ("- started from the weights of `runs/first`: 7500 steps (peak lr 0.001, 128 mels, pitch targets by "
             "SWIPE'), 2.00 h") in card
     assert f"- wall time of all runs together: {(wall + 7200) / 3600:.2f} h" in card
-    assert f"At step {meta['info']['steps']} of a run started from a 7500-step model, vocoded with" in card
+    assert (f"At step {meta['info']['steps']} of a run started from a model trained for 7500 steps, vocoded "
+            "with") in card
     assert training_steps(meta["info"]) == f"{meta['info']['steps'] + 7500} (in 2 runs)"
     assert training_steps({"steps": 40}) == "40" and training_steps({}) == "?"
+    # a third run: the verdict counts every earlier run, the lineage lists each, newest first
+    third = {"path": "runs/second", "steps": 5000, "wall_seconds": 3600.0, "pretrain": {"lr": 0.0006},
+             "init_from": meta["info"]["init_from"]}
+    meta["info"]["init_from"] = third
+    (model / "tts_adapt.json").write_text(json.dumps(meta))
+    card = write_model_card(model).read_text()
+    assert "of a run started from a model trained for 12500 steps in 2 runs, vocoded with" in card
+    assert card.index("weights of `runs/second`: 5000 steps") < card.index("weights of `runs/first`: 7500 steps")
+    assert training_steps(meta["info"]) == f"{meta['info']['steps'] + 12500} (in 3 runs)"
     meta["info"]["init_from"]["init_from"] = {"path": "runs/zeroth"}  # a parent that recorded no steps
     assert training_steps(meta["info"]) == "?"
 

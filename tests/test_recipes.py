@@ -260,6 +260,9 @@ def test_demo_recipe(tiny_corpus, tmp_path):
             "--adapt-args", "--steps 2 --batch-size 4 --val-every 1 --checkpoint-every 1 --min-clips 8 -q"]
     check_run(run_recipe("demo", workdir, "--stop-stage", "6", *args))
     assert (workdir / "base_model" / "MODEL_CARD.md").is_file() and (workdir / "base_eval" / "report.json").is_file()
+    # stage 3 scores with both vocoders, as the shipped card does, and both reports reach the card
+    assert {"eval_report.json", "eval_report_world.json"} <= {p.name for p in (workdir / "base_model").iterdir()}
+    assert json.loads((workdir / "base_eval_world" / "report.json").read_text())["per_speaker"] == 2
     info = json.loads((workdir / "base_model" / "tts_adapt.json").read_text())["info"]
     assert info["steps"] == 1 and info["init_from"]["path"] == str(workdir / "base_model.1")
     assert info["init_from"]["steps"] == TINY_PRETRAIN.steps and info["init_from"]["pretrain"]["f0_method"] == "swipe"

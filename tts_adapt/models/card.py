@@ -34,11 +34,13 @@ RECOGNISABLE_TARGET = 0.9
 DEFAULT_COMMANDS = [
     "# the corpus (configs/demo_corpus.yaml = the defaults)",
     "tts-adapt corpus build --out work/corpus",
-    "# pretraining: the shipped model's two runs, the second from the first's weights (recipes/demo/run.sh",
-    "# --stop-stage 2 runs both); configs/demo_pretrain.yaml trains a new model from scratch",
+    "# pretraining: the shipped model's three runs, each from the previous one's weights (recipes/demo/run.sh",
+    "# --stop-stage 2 runs them); configs/demo_pretrain.yaml trains a new model from scratch",
     "tts-adapt pretrain --data work/corpus --out work/base_model.1 --config configs/demo_pretrain_stage1.yaml",
-    "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain_stage2.yaml "
+    "tts-adapt pretrain --data work/corpus --out work/base_model.2 --config configs/demo_pretrain_stage2.yaml "
     "--init-from work/base_model.1",
+    "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain_stage3.yaml "
+    "--init-from work/base_model.2",
     "# the voice figures (2 held-out utterances per speaker) and this card; without --model: the shipped model",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 2 --write-card",
     "# the same with the WORLD vocoder (voicing from the model's predicted pitch)",
@@ -116,10 +118,7 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
         write_json_atomic(model_dir / report_file(report), report)
     reports = [r for r in folder_reports(model_dir) if r.get("model_info", {}).get("steps") == info.get("steps")]
     for report in reports:
-        steps = info.get("steps")
-        if info.get("init_from"):
-            steps = f"{steps} of a run started from a {info['init_from'].get('steps', '?')}-step model"
-        lines += [status(report, steps), ""]
+        lines += [status(report, run_position(info)), ""]
     if (model_dir / PILOT_FILE).is_file():
         lines += ["## Choice of architecture: pilot", "", (model_dir / PILOT_FILE).read_text(encoding="utf-8").strip(),
                   ""]
@@ -177,16 +176,33 @@ def lineage(info: dict) -> list[str]:
     return lines
 
 
-def training_steps(info: dict) -> str:
-    """A model's optimizer steps, those of the runs its weights started from included: "7750 (in 2 runs)"."""
+def _chain_steps(info: dict) -> tuple[int, int] | None:
+    """Optimizer steps and runs of a model and of the runs its weights started from; None if any is unknown."""
     steps, runs, run = 0, 0, info
     while run:
         if "steps" not in run:
-            return "?"
+            return None
         steps, runs, run = steps + int(run["steps"]), runs + 1, run.get("init_from")
-    if not runs:
+    return (steps, runs) if runs else None
+
+
+def training_steps(info: dict) -> str:
+    """A model's optimizer steps, those of the runs its weights started from included: "7750 (in 2 runs)"."""
+    chain = _chain_steps(info)
+    if chain is None:
         return "?"
+    steps, runs = chain
     return str(steps) if runs == 1 else f"{steps} (in {runs} runs)"
+
+
+def run_position(info: dict) -> str:
+    """Where a model stands, for the card's verdict: "5000 of a run started from a model trained for 2750 steps"."""
+    parent = info.get("init_from")
+    if not parent:
+        return str(info.get("steps"))
+    chain = _chain_steps(parent)
+    earlier = "? steps" if chain is None else f"{chain[0]} steps" + (f" in {chain[1]} runs" if chain[1] > 1 else "")
+    return f"{info.get('steps')} of a run started from a model trained for {earlier}"
 
 
 def status(report: dict, steps) -> str:
