@@ -145,10 +145,10 @@ if [[ -n $pretrain_config ]]; then
   fi
   if wanted 3 && ! done_marker card; then
     log "stage 3: scoring $workdir/base_model's voices (Griffin-Lim and WORLD) and writing its model card"
-    # the shipped card's settings: 2 held-out utterances per speaker, one report per vocoder
-    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval" --per-speaker 2 \
+    # the shipped card's settings: all 8 held-out utterances of each speaker, one report per vocoder
+    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval" --per-speaker 8 \
       --write-card || fail "scoring the model failed"
-    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval_world" --per-speaker 2 \
+    run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval_world" --per-speaker 8 \
       --vocoder world --write-card || fail "scoring the model with the WORLD vocoder failed"
     mark_done card
   fi

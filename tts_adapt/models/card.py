@@ -41,10 +41,11 @@ DEFAULT_COMMANDS = [
     "--init-from work/base_model.1",
     "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain_stage3.yaml "
     "--init-from work/base_model.2",
-    "# the voice figures (2 held-out utterances per speaker) and this card; without --model: the shipped model",
-    "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 2 --write-card",
+    "# the voice figures (all 8 held-out utterances of each speaker) and this card; without --model: the shipped",
+    "# model",
+    "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 8 --write-card",
     "# the same with the WORLD vocoder (voicing from the model's predicted pitch)",
-    "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval_world --per-speaker 2 "
+    "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval_world --per-speaker 8 "
     "--vocoder world --write-card",
     "# the pilot of candidate architectures",
     "python benchmarks/pilot_backends.py --corpus work/corpus --minutes 20",
