@@ -41,8 +41,7 @@ DEFAULT_COMMANDS = [
     "--init-from work/base_model.1",
     "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain_stage3.yaml "
     "--init-from work/base_model.2",
-    "# the voice figures (all 8 held-out utterances of each speaker) and this card; without --model: the shipped",
-    "# model",
+    "# the voice figures (all 8 held-out utterances per speaker) and this card; without --model: the shipped model",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 8 --write-card",
     "# the same with the WORLD vocoder (voicing from the model's predicted pitch)",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval_world --per-speaker 8 "
