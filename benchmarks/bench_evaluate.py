@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.learning import RealAudio
-    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
     real, encoder = RealAudio(16000), SpeakerEncoder()
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,7 +71,7 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     from tts_adapt.data.target import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.learning import RealAudio
-    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.card import training_steps

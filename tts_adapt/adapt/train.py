@@ -48,7 +48,7 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
 
 
 def target_d_vector(clips, per_speaker: int = 20) -> torch.Tensor:
-    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
     return torch.from_numpy(SpeakerEncoder().embed_speaker([u.audio_path for u in clips[:per_speaker]])).float()
 

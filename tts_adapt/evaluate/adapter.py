@@ -74,7 +74,7 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
 
     from tts_adapt.adapt.train import TARGET_FILE, add_target_speaker
     from tts_adapt.data.readers import read_dataset
-    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import Synthesizer, default_model_dir
 

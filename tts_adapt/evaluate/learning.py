@@ -173,7 +173,7 @@ def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, 
     """Per-utterance measures, per-speaker similarity and per-set mel loss of one model (a Synthesizer)."""
     from tts_adapt.data.audio import save_audio
     from tts_adapt.evaluate.metrics import analyse, compare
-    from tts_adapt.evaluate.speaker import cosine_matrix
+    from tts_adapt.data.speaker_encoder import cosine_matrix
 
     sr = synth.sample_rate
     rows, wavs_by_speaker = [], defaultdict(list)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import load_audio
 from tts_adapt.evaluate.metrics import mcd_dtw
-from tts_adapt.evaluate.speaker import SpeakerEncoder, cosine_matrix
+from tts_adapt.data.speaker_encoder import SpeakerEncoder, cosine_matrix
 
 
 @dataclass

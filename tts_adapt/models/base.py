@@ -207,7 +207,7 @@ class TTSBackend(ABC):
     def embed_speaker(self, audio_paths: Sequence[str | Path]) -> torch.Tensor:
         """The d-vector ``(dim,)`` of a voice from its recordings, with the encoder the model's speaker
         table was made with (resemblyzer for the toolkit's own models)."""
-        from tts_adapt.evaluate.speaker import SpeakerEncoder
+        from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
         if self.speakers.kind != "d_vector":
             raise ValueError("this model uses a speaker-ID table; it has no speaker encoder for new voices")

@@ -101,7 +101,7 @@ class SpeakerTable:
 
 def speaker_d_vectors(utts: Sequence[Utterance], per_speaker: int = 10, *, progress: bool = True) -> dict[str, np.ndarray]:
     """Mean resemblyzer embedding ``(256,)`` of up to ``per_speaker`` utterances of each speaker."""
-    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
     by_speaker: dict[str, list[str]] = defaultdict(list)
     for u in utts:

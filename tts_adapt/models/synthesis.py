@@ -38,7 +38,7 @@ def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int, backend: TT
     """Speaker embedding from reference recordings: resemblyzer's ``(256,)``, or with ``backend`` the
     embedding of that model's own speaker encoder (e.g. YourTTS's). Silent, unreadable or too short
     references are refused with the file and the reason."""
-    from tts_adapt.evaluate.speaker import SpeakerEncoder
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
     if not wavs:
         raise ValueError("no reference audio given")

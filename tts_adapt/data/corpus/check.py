@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tts_adapt.evaluate.speaker import SpeakerEncoder, cosine_matrix
+from tts_adapt.data.speaker_encoder import SpeakerEncoder, cosine_matrix
 
 
 @dataclass
