@@ -92,7 +92,8 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     from tts_adapt.adapt.lora import lora_factors, lora_parameters, wrap_with_lora
     from tts_adapt.adapt.penalty import get_strategy
     from tts_adapt.adapt.target import read_target_clips, split_heldout
-    from tts_adapt.adapt.train import TARGET_NAME, _batches, add_target_speaker, target_d_vector
+    from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker
+    from tts_adapt.adapt.train import _batches, target_d_vector
     from tts_adapt.curvature import Curvature
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.features import extract_features

@@ -30,7 +30,7 @@ SENTENCE = "Please call Stella and ask her to bring these things with her from t
 def untrained_adapters(bank: Path, model_dir: Path | None, count: int = 2, rank: int = 8) -> Path:
     """``count`` LoRA adapters of the model saved as ``tts-adapt adapt`` saves them (no training)."""
     from tts_adapt.adapt.lora import wrap_with_lora
-    from tts_adapt.adapt.train import add_target_speaker, save_adapter
+    from tts_adapt.adapt.adapter import add_target_speaker, save_adapter
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 def per_utterance_costs(adapter: Path, repeats: int = 4) -> dict:
     from tts_adapt.evaluate.metrics import analyse, compare
+    from tts_adapt.adapt.adapter import adapted_model
     from tts_adapt.models.synthesis import Synthesizer
 
-    synth = Synthesizer(adapter=adapter)
+    synth = Synthesizer(adapted_model(adapter))
     text = "The quick brown fox jumps over the lazy dog near the harbour."
     synth.speak(text)  # warm-up
     t = {"synthesis": 0.0, "mel-cepstra + DTW": 0.0, "pYIN": 0.0}

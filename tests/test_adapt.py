@@ -21,7 +21,8 @@ from tts_adapt.adapt.config import AdaptConfig
 from tts_adapt.adapt.lora import lora_factors, wrap_with_lora
 from tts_adapt.adapt.penalty import get_strategy
 from tts_adapt.adapt.target import TargetDataError
-from tts_adapt.adapt.train import STATE_FILE, TARGET_FILE, add_target_speaker, adapt
+from tts_adapt.adapt.adapter import TARGET_FILE, adapted_model, add_target_speaker, load_adapter
+from tts_adapt.adapt.train import STATE_FILE, adapt
 from tts_adapt.curvature import Curvature
 from tts_adapt.curvature.run import fit_curvature_file
 from tts_adapt.curvature.storage import CurvatureMismatchError
@@ -199,7 +200,7 @@ def test_saved_adapter_loads_back_to_the_same_voice(runs, base_model):
     from tts_adapt.models.synthesis import Synthesizer
 
     out = runs("lora")
-    synth = Synthesizer(base_model, adapter=out)
+    synth = Synthesizer(adapted_model(out, base_model))
     names = synth.backend.speakers.names
     assert names[-1] == "target"
     old = names[0]
@@ -279,8 +280,6 @@ def test_resume_equals_uninterrupted(runs, interrupted_checkpoint, base_model, t
 # --------------------------------------------------------------------------- 4. the penalty's effect
 def _kfac_penalty(base_model: Path, out: Path, curvature: Curvature) -> float:
     """Σ_layers vec(ΔW)ᵀ (A ⊗ G) vec(ΔW) of a saved adapter."""
-    from tts_adapt.adapt.train import load_adapter
-
     backend = load_adapter(TTSBackend.from_pretrained(base_model), out)
     factors = lora_factors(backend.model)
     assert sorted(f.name for f in factors) == sorted(curvature.layer_names)

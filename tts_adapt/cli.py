@@ -111,10 +111,12 @@ def cmd_pretrain(args) -> int:
 
 # ----------------------------------------------------------------------------- synthesize
 def cmd_synthesize(args) -> int:
+    from tts_adapt.adapt.adapter import adapted_model
     from tts_adapt.data.audio import save_audio
     from tts_adapt.models.synthesis import Synthesizer
 
-    synth = Synthesizer(args.model, vocoder=args.vocoder, adapter=args.adapter)
+    model = args.model if args.adapter is None else adapted_model(args.adapter, args.model)
+    synth = Synthesizer(model, vocoder=args.vocoder)
     if args.list_speakers:
         table = synth.backend.speakers
         print(f"{len(table.names)} speakers ({table.kind}): " + " ".join(table.names))

@@ -22,21 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from tts_adapt import __version__
+from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker, save_adapter, target_conditioning
 from tts_adapt.adapt.config import AdaptConfig
-from tts_adapt.adapt.lora import (exact_attention_forward, is_adapter_parameter, lora_factors, lora_parameters,
-                                  wrap_with_lora)
+from tts_adapt.adapt.lora import is_adapter_parameter, lora_factors, lora_parameters, wrap_with_lora
 from tts_adapt.adapt.penalty import get_strategy
 from tts_adapt.adapt.target import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
-from tts_adapt.io import atomic_path, write_json_atomic
+from tts_adapt.io import atomic_path
 from tts_adapt.models.base import TTSBackend
 
 log = logging.getLogger(__name__)
-TARGET_FILE = "target_speaker.safetensors"
-TARGET_NAME = "target"
 STATE_FILE = "state.pt"
 MAX_BAD_STEPS = 5
 
@@ -51,20 +48,6 @@ def target_d_vector(clips, per_speaker: int = 20) -> torch.Tensor:
     from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
     return torch.from_numpy(SpeakerEncoder().embed_speaker([u.audio_path for u in clips[:per_speaker]])).float()
-
-
-def add_target_speaker(backend: TTSBackend, d_vector: torch.Tensor | None) -> dict[str, list[int]]:
-    """Make the target a speaker of the (wrapped) backend: conditioned on its d-vector, or (a speaker-ID-table
-    model, ``d_vector`` None) on a new row of the speaker table, initialised to the mean of the known speakers'
-    rows. Returns the rows to train with the adapter (``{embedding module: [row]}``; empty for d-vectors)."""
-    return backend.add_speaker(TARGET_NAME, d_vector, sets="target")
-
-
-def target_conditioning(backend: TTSBackend, clips, per_speaker: int = 20) -> torch.Tensor | None:
-    """The target's d-vector from the model's own speaker encoder (None for a speaker-ID-table model)."""
-    if backend.speakers.kind != "d_vector":
-        return None
-    return backend.embed_speaker([u.audio_path for u in clips[:per_speaker]])
 
 
 def _validation_loss(backend, feats, batch_size) -> float:
@@ -246,26 +229,6 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     return card
 
 
-def save_adapter(out: Path, peft_model, d_vector: torch.Tensor | None, card: dict) -> None:
-    """peft adapter files, the target's conditioning and the run card, each written atomically. For a
-    speaker-ID-table model (``d_vector`` None) the conditioning file records the target's table row."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".saving"
-    peft_model.save_pretrained(str(tmp))
-    for name in ("adapter_config.json", "adapter_model.safetensors"):  # os.replace: atomic per file
-        (tmp / name).replace(out / name)
-    shutil.rmtree(tmp)  # peft also writes a template README.md; the run card is run.json
-    if d_vector is not None:
-        tensors, kind = {"d_vector": d_vector.contiguous()}, "d_vector"
-    else:
-        rows = [i for cfg in peft_model.peft_config.values() for r in (cfg.trainable_token_indices or {}).values()
-                for i in r]
-        tensors, kind = {"speaker_row": torch.tensor(rows, dtype=torch.long)}, "id_table"
-    with atomic_path(out / TARGET_FILE) as t:
-        save_file(tensors, str(t), metadata={"name": TARGET_NAME, "kind": kind})
-    write_json_atomic(out / "run.json", card)
-
-
 def _save_checkpoint(ckpt: Path, peft_model, optimizer, step, epoch, position, best_val, bad_validations, curve,
                      best, config) -> None:
     """Everything needed to resume, in one file written atomically (a kill -9 leaves the previous one)."""
@@ -275,29 +238,3 @@ def _save_checkpoint(ckpt: Path, peft_model, optimizer, step, epoch, position, b
                     "position": position, "best_val": best_val, "bad_validations": bad_validations,
                     "rng": torch.get_rng_state(), "curve": json.dumps(curve), "config": json.dumps(config.to_dict())},
                    t)
-
-
-def load_adapter(backend: TTSBackend, adapter_dir: str | Path) -> TTSBackend:
-    """Put a saved adapter on ``backend`` (in place): its LoRA weights via peft's
-    ``PeftModel.from_pretrained`` and its target speaker (named ``target``)."""
-    from peft import PeftModel
-    from safetensors import safe_open
-
-    adapter_dir = Path(adapter_dir)
-    for name in ("adapter_config.json", "adapter_model.safetensors", TARGET_FILE):
-        if not (adapter_dir / name).is_file():
-            raise FileNotFoundError(f"{adapter_dir}: missing {name} (not an adapter folder written by tts-adapt adapt)")
-    with safe_open(str(adapter_dir / TARGET_FILE), "pt") as fh:
-        d_vector = fh.get_tensor("d_vector") if "d_vector" in fh.keys() else None
-        saved_rows = fh.get_tensor("speaker_row").tolist() if "speaker_row" in fh.keys() else []
-    if (d_vector is None) != (backend.speakers.kind == "id_table"):
-        raise ValueError(f"{adapter_dir}: an adapter of a {'speaker-ID-table' if d_vector is None else 'd-vector'} "
-                         f"model cannot go on this {backend.speakers.kind.replace('_', '-')} model")
-    rows = add_target_speaker(backend, d_vector)  # the new row's trained values come with the adapter
-    if saved_rows and sum(rows.values(), []) != saved_rows:
-        raise ValueError(f"{adapter_dir}: the adapter's speaker row {saved_rows} is not the row the target gets on "
-                         f"this model {sum(rows.values(), [])}; was the adapter made on another model?")
-    peft_model = PeftModel.from_pretrained(backend.model, str(adapter_dir), adapter_name="default", is_trainable=False)
-    exact_attention_forward(peft_model)  # peft's own attention forward adds out_proj's update twice
-    backend.model.eval()
-    return backend

@@ -19,7 +19,7 @@ import numpy as np
 
 from tts_adapt.adapt.config import STRATEGY_NAMES, AdaptConfig
 from tts_adapt.adapt.penalty import get_strategy
-from tts_adapt.demo.bank import AdapterBank, EvaluationReportError
+from tts_adapt.demo.bank import AdapterBank, EvaluationReportError, read_evaluation
 from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
                                     clips_from_upload, transcript_rows, write_target_folder)
@@ -55,7 +55,7 @@ def _audio(wav: np.ndarray, sample_rate: int) -> tuple[int, np.ndarray]:
 
 def evaluation_markdown(adapter) -> str:
     """An adapter's evaluation (``eval/report.json``) as a Markdown table, or how to make one."""
-    report = adapter.evaluation()
+    report = read_evaluation(adapter)
     if report is None:
         return f"not evaluated (run `tts-adapt evaluate --adapter {adapter.path}`)"
     def number(value, sign: str = "") -> str:

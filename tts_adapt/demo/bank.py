@@ -12,12 +12,10 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from tts_adapt.adapt.train import TARGET_FILE
+from tts_adapt.adapt.adapter import ADAPTER_FILES, Adapter, is_adapter_folder
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", TARGET_FILE)
 EVAL_REPORT = Path("eval") / "report.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.-]{0,47}")
 STAGING_PREFIX = ".staging-"
@@ -27,40 +25,23 @@ class EvaluationReportError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Adapter:
-    """One adapter of the bank: its folder and run card (``run.json``, empty when absent)."""
-
-    name: str
-    path: Path
-    card: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def settings(self) -> str:
-        """Strategy, λ, rank and steps in a few words (from the run card)."""
-        cfg = self.card.get("config", {})
-        if not cfg:
-            return "settings unknown (no run.json)"
-        lam = f", λ = {cfg['lam']:g}" if cfg.get("strategy") != "lora" else ""
-        return f"{cfg.get('strategy')}{lam}, rank {cfg.get('rank')}, {self.card.get('steps', '?')} steps"
-
-    def evaluation(self) -> dict | None:
-        """``eval/report.json`` written by ``tts-adapt evaluate --adapter`` ({"rows": [...],
-        "definitions": {...}}), or ``None`` when the adapter has not been evaluated. A row's
-        ``base``, ``adapted`` and ``change`` are floats, or ``None`` where there was nothing to score."""
-        path = self.path / EVAL_REPORT
-        if not path.is_file():
-            return None
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-            rows = report["rows"]
-            for r in rows:
-                r["set"], r["metric"] = str(r["set"]), str(r["metric"])
-                for key in ("base", "adapted", "change"):
-                    r[key] = None if r[key] is None else float(r[key])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise EvaluationReportError(f"{path}: not a report of tts-adapt evaluate ({err})") from None
-        return {"rows": rows, "definitions": dict(report.get("definitions", {}))}
+def read_evaluation(adapter: Adapter) -> dict | None:
+    """``eval/report.json`` written by ``tts-adapt evaluate --adapter`` ({"rows": [...],
+    "definitions": {...}}), or ``None`` when the adapter has not been evaluated. A row's
+    ``base``, ``adapted`` and ``change`` are floats, or ``None`` where there was nothing to score."""
+    path = adapter.path / EVAL_REPORT
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        rows = report["rows"]
+        for r in rows:
+            r["set"], r["metric"] = str(r["set"]), str(r["metric"])
+            for key in ("base", "adapted", "change"):
+                r[key] = None if r[key] is None else float(r[key])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EvaluationReportError(f"{path}: not a report of tts-adapt evaluate ({err})") from None
+    return {"rows": rows, "definitions": dict(report.get("definitions", {}))}
 
 
 class AdapterBank:
@@ -73,16 +54,8 @@ class AdapterBank:
         """Complete adapters, by name (staging and other hidden folders are skipped)."""
         if not self.root.is_dir():
             return []
-        found = []
-        for folder in sorted(self.root.iterdir()):
-            if folder.name.startswith(".") or not all((folder / f).is_file() for f in ADAPTER_FILES):
-                continue
-            try:
-                card = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                card = {}
-            found.append(Adapter(folder.name, folder, card))
-        return found
+        return [Adapter.load(folder) for folder in sorted(self.root.iterdir())
+                if not folder.name.startswith(".") and is_adapter_folder(folder)]
 
     def names(self) -> list[str]:
         return [a.name for a in self.adapters()]

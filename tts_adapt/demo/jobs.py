@@ -16,8 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tts_adapt.adapt.adapter import Adapter
 from tts_adapt.adapt.config import AdaptConfig
-from tts_adapt.demo.bank import Adapter, AdapterBank
+from tts_adapt.adapt.penalty import get_strategy
+from tts_adapt.adapt.train import adapt
+from tts_adapt.curvature.storage import TENSORS, CurvatureFileError, read_header
+from tts_adapt.demo.bank import AdapterBank
 from tts_adapt.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -133,8 +137,6 @@ class CloneQueue:
 
     def _run(self, job: CloneJob) -> tuple[str, str]:
         """Train, then publish unless cancelled; returns the final state and a sentence for the user."""
-        from tts_adapt.adapt.train import adapt
-
         req = job.request
         if job.cancel_requested:
             return "cancelled", "cancelled before it started; nothing was saved"
@@ -163,11 +165,6 @@ class CloneQueue:
 def curvature_for(strategy: str, paths: list[Path]) -> tuple[Path | None, str]:
     """The first curvature file among ``paths`` (files, or folders holding ``*.safetensors``) whose method
     the strategy can use, and a sentence for the user; ``(None, why)`` when there is none."""
-    from safetensors import safe_open
-
-    from tts_adapt.adapt.penalty import get_strategy
-    from tts_adapt.curvature.storage import META_KEY, TENSORS
-
     if not get_strategy(strategy).needs_curvature:
         return None, f"strategy {strategy} needs no curvature file."
     # a file of a richer method serves too (an EK-FAC file holds the K-FAC factors)
@@ -177,9 +174,8 @@ def curvature_for(strategy: str, paths: list[Path]) -> tuple[Path | None, str]:
         candidates += sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
     for file in candidates:
         try:
-            with safe_open(str(file), "pt") as fh:
-                meta = json.loads((fh.metadata() or {})[META_KEY])
-        except Exception:  # missing, not safetensors, or not a curvature file
+            meta = read_header(file)
+        except (CurvatureFileError, OSError):  # missing, not safetensors, or not a curvature file
             continue
         if meta.get("method") in wanted:
             return file, f"curvature: {file} ({meta['method']}, {meta.get('num_utterances', '?')} utterances)."

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
-from tts_adapt.adapt.train import TARGET_FILE, TARGET_NAME
-from tts_adapt.demo.bank import Adapter, AdapterBank
+from tts_adapt.adapt.adapter import TARGET_NAME, adapted_model
+from tts_adapt.demo.bank import AdapterBank
 from tts_adapt.models.synthesis import Synthesizer, default_model_dir, reference_d_vector
 
 BASE = "base"
@@ -38,12 +37,6 @@ class Voice:
     speaker: str | None = None  # an old speaker's name
     d_vector: torch.Tensor | None = None  # a target's d-vector (256,)
     adapters: tuple[str, ...] = ()  # adapters trained on this voice
-
-
-def _target_d_vector(adapter: Adapter) -> torch.Tensor | None:
-    """The target's d-vector ``(dim,)``; ``None`` for an adapter of a speaker-ID-table model."""
-    with safe_open(str(adapter.path / TARGET_FILE), "pt") as fh:
-        return fh.get_tensor("d_vector").float() if "d_vector" in fh.keys() else None
 
 
 class VoiceModels:
@@ -67,7 +60,8 @@ class VoiceModels:
         with self._load_lock:
             cached = self._synths.get(name)
             if cached is None or cached[0] != stamp:
-                synth = Synthesizer(self.model_dir, vocoder=self.vocoder, adapter=path)
+                model = self.model_dir if path is None else adapted_model(path, self.model_dir)
+                synth = Synthesizer(model, vocoder=self.vocoder)
                 self._synths[name] = (stamp, synth)
             return self._synths[name][1]
 
@@ -88,7 +82,7 @@ class VoiceModels:
         """Target voices of the bank's adapters first, then the old speakers, then a reference clip."""
         groups: list[tuple[torch.Tensor | None, list[str]]] = []
         for adapter in self.bank.adapters():
-            d = _target_d_vector(adapter)
+            d = None if adapter.d_vector is None else adapter.d_vector.float()
             for vec, names in groups:
                 if d is not None and vec is not None and \
                         torch.nn.functional.cosine_similarity(vec, d, dim=0) >= SAME_VOICE_COSINE:

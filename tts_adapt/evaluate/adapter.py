@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from tts_adapt.adapt.adapter import Adapter, AdapterFolderError
+from tts_adapt.adapt.target import read_target_clips
+from tts_adapt.cache import cache_dir as default_cache_dir
+from tts_adapt.data.audio import LogMel, load_audio
+from tts_adapt.data.readers import read_dataset
+from tts_adapt.data.speaker_encoder import SpeakerEncoder
+from tts_adapt.data.target import find_prepared_target
 from tts_adapt.evaluate.learning import (DEFINITIONS, LOWER_IS_BETTER, RealAudio, base_cache_key,
                                          score_model, select_utterances, summary_rows)
 from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
+from tts_adapt.models.base import TTSBackend
+from tts_adapt.models.synthesis import Synthesizer, default_model_dir
 
 METRIC_LABELS = {"mcd_db": "MCD-DTW (dB)", "f0_rmse_hz": "F0 RMSE (Hz)", "voicing_error": "voicing error",
                  "similarity": "speaker similarity", "mel_loss": "mel loss (teacher-forced)"}
@@ -29,25 +38,8 @@ class EvaluationInputError(ValueError):
     pass
 
 
-def _default_cache() -> Path:
-    return Path(os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
-
-
-def _read_run(adapter: Path) -> dict:
-    path = adapter / "run.json"
-    if not path.is_file():
-        raise EvaluationInputError(f"{adapter}: no run.json (not an adapter folder written by tts-adapt adapt)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise EvaluationInputError(f"{path}: unreadable ({err})") from err
-
-
 def _target_heldout(run: dict, adapter: Path, target_dir, sample_rate: int):
     """(held-out clips of the target, the prepared target if known)."""
-    from tts_adapt.adapt.target import read_target_clips
-    from tts_adapt.data.target import find_prepared_target
-
     prepared = find_prepared_target(run["target_dir"]) if run.get("target_dir") else None
     if target_dir is None:
         if prepared is None:
@@ -70,29 +62,21 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
     """Measure learning and forgetting of ``adapter`` (see the module docstrings); write the report into
     ``out`` (default: ``<adapter>/eval``) and return it. ``real`` and ``encoder`` may be shared between
     calls (a sweep) to analyse each real recording once."""
-    from safetensors import safe_open
-
-    from tts_adapt.adapt.train import TARGET_FILE, add_target_speaker
-    from tts_adapt.data.readers import read_dataset
-    from tts_adapt.data.speaker_encoder import SpeakerEncoder
-    from tts_adapt.models.base import TTSBackend
-    from tts_adapt.models.synthesis import Synthesizer, default_model_dir
-
     t0 = time.time()
     adapter = Path(adapter)
     out = Path(out) if out is not None else adapter / "eval"
-    run = _read_run(adapter)
+    try:
+        saved = Adapter.load(adapter, require_run=True)
+    except AdapterFolderError as err:
+        raise EvaluationInputError(str(err)) from None
+    run = saved.run
     model_dir = Path(model or run.get("base_model") or default_model_dir())
-    cache = Path(cache_dir) if cache_dir else _default_cache()
+    cache = default_cache_dir(cache_dir)
 
-    adapted = Synthesizer(model_dir, adapter=adapter)
+    adapted = Synthesizer(saved.apply(TTSBackend.from_pretrained(model_dir)))
     base_backend = TTSBackend.from_pretrained(model_dir)
-    d_vector = None
-    with safe_open(str(adapter / TARGET_FILE), "pt") as fh:
-        if "d_vector" in fh.keys():  # a d-vector model: the base model speaks the target zero-shot
-            d_vector = fh.get_tensor("d_vector")
-    if d_vector is not None:
-        add_target_speaker(base_backend, d_vector)
+    d_vector = saved.d_vector
+    saved.speak_zero_shot(base_backend)  # a d-vector model: the base model speaks the target zero-shot
     base = Synthesizer(base_backend)
     sr = adapted.sample_rate
 
@@ -155,9 +139,6 @@ def _mel_images(items, base, adapted, out: Path, count: int) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
-
-    from tts_adapt.data.audio import LogMel, load_audio
 
     chosen = [i for i in items if i.set == "target"][:max(1, count - 1)]
     chosen += [i for i in items if i.set == "pretrain"][:count - len(chosen)]

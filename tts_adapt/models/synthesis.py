@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tts_adapt.data.audio import LogMel, load_audio
 from tts_adapt.data.samples import InputReport, Utterance
+from tts_adapt.data.speaker_encoder import SpeakerEncoder
 from tts_adapt.data.validation import AudioChecks, check_audio
 from tts_adapt.models.base import TTSBackend
+from tts_adapt.models.features import extract_f0
 from tts_adapt.models.vocoder import make_vocoder
 
 #: The base model shipped inside the package (pretrained on the embedded corpus).
@@ -38,8 +41,6 @@ def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int, backend: TT
     """Speaker embedding from reference recordings: resemblyzer's ``(256,)``, or with ``backend`` the
     embedding of that model's own speaker encoder (e.g. YourTTS's). Silent, unreadable or too short
     references are refused with the file and the reason."""
-    from tts_adapt.data.speaker_encoder import SpeakerEncoder
-
     if not wavs:
         raise ValueError("no reference audio given")
     report = InputReport("error")
@@ -54,16 +55,13 @@ def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int, backend: TT
 class Synthesizer:
     """A model (a folder, or a coqui zoo name) plus a vocoder: Griffin-Lim by default, ``"world"`` (voicing
     from the model's predicted F0; models that predict pitch) or a coqui HiFi-GAN folder. A model that
-    makes waveforms itself (VITS) is not vocoded."""
+    makes waveforms itself (VITS) is not vocoded. To speak with an adapter, pass the backend it was put on
+    (:meth:`tts_adapt.adapt.adapter.Adapter.apply`)."""
 
     def __init__(self, model: str | Path | TTSBackend | None = None, vocoder: str | Path | None = None,
-                 griffin_lim_iters: int = 32, adapter: str | Path | None = None):
+                 griffin_lim_iters: int = 32):
         self.backend = model if isinstance(model, TTSBackend) else TTSBackend.from_pretrained(
             model or default_model_dir())
-        if adapter is not None:
-            from tts_adapt.adapt.train import load_adapter
-
-            load_adapter(self.backend, adapter)
         self.backend.model.eval()
         audio = self.backend.audio
         if vocoder and self.backend.produces_waveform:
@@ -140,9 +138,6 @@ class Synthesizer:
         extractor = self.backend.feature_extractor()
         f0 = None
         if extractor is None:  # the toolkit's own log-mel (its extractor would compute F0 too)
-            from tts_adapt.data.audio import LogMel, load_audio
-            from tts_adapt.models.features import extract_f0
-
             if getattr(self, "_log_mel", None) is None:
                 self._log_mel = LogMel(self.backend.audio)
             wav = load_audio(audio_path, self.sample_rate)[0]
