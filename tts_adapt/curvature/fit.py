@@ -430,8 +430,7 @@ def _finish_phase(phase: str, method: CurvatureMethod, sums: dict, maps: list[Li
 def _curvature(backend, method: CurvatureMethod, fisher: FisherType, maps: list[LinearMap], targets: list[str],
                state: FitState, key: dict, world: int) -> Curvature:
     r = state.results
-    layers = [CurvatureLayer(m.name, m.module, m.param, m.kind, m.out_features, m.in_features,
-                             int(r[f"{m.name}.positions"])) for m in maps]
+    layers = [CurvatureLayer.of(m, int(r[f"{m.name}.positions"])) for m in maps]
     tensors = {f"{m.name}.{kind}": r[f"{m.name}.{kind}"].to(torch.float32)
                for m in maps for kind in TENSORS[method.value]}
     audio = backend.audio.to_dict() if hasattr(backend, "audio") and hasattr(backend.audio, "to_dict") else {}

@@ -29,6 +29,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tts_adapt import __version__
+from tts_adapt.curvature.hooks import LinearMap, UnsupportedLayerError, linear_maps
 from tts_adapt.io import atomic_path
 
 FORMAT_VERSION = 2  # 2: symmetric factors stored as their upper triangle
@@ -77,22 +79,15 @@ class CurvatureFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class CurvatureLayer:
-    """One weight matrix of the fit: ``module`` the target module, ``param`` the weight's parameter name,
-    ``kind`` linear | conv1d | attention_in | attention_out, shape (out_features, in_features),
-    ``positions`` the real positions P it saw."""
+class CurvatureLayer(LinearMap):
+    """One weight matrix of the fit (a :class:`~tts_adapt.curvature.hooks.LinearMap`) and ``positions``, the
+    real positions P it saw."""
 
-    name: str
-    module: str
-    param: str
-    kind: str
-    out_features: int
-    in_features: int
     positions: int
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.out_features, self.in_features)
+    @classmethod
+    def of(cls, linear_map: LinearMap, positions: int) -> "CurvatureLayer":
+        return cls(**asdict(linear_map), positions=positions)
 
 
 @dataclass
@@ -140,8 +135,6 @@ class Curvature:
 
     # ------------------------------------------------------------------ files
     def metadata(self) -> dict:
-        from tts_adapt import __version__
-
         return {
             "format_version": FORMAT_VERSION, "method": self.method, "fisher": self.fisher,
             "fingerprint": self.fingerprint, "targets": list(self.targets), "backend": self.backend,
@@ -166,22 +159,14 @@ class Curvature:
         """Read a curvature file; with ``backend``, refuse a file fitted on another model
         (:class:`CurvatureMismatchError`). Without a backend nothing is checked."""
         path = Path(path)
-        if not path.is_file():
-            raise CurvatureFileError(f"curvature file not found: {path}")
+        meta = read_header(path)
         try:
             with safe_open(str(path), "pt") as fh:
-                meta_text = (fh.metadata() or {}).get(META_KEY)
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             tensors = {(k[: -len(PACKED)] if k.endswith(PACKED) else k):
                        (unpack_symmetric(v) if k.endswith(PACKED) else v) for k, v in tensors.items()}
         except Exception as err:  # safetensors raises its own error types for foreign files
             raise CurvatureFileError(f"{path} is not a safetensors file: {err}") from None
-        if meta_text is None:
-            raise CurvatureFileError(f"{path} is not a curvature file (no {META_KEY!r} metadata)")
-        meta = json.loads(meta_text)
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise CurvatureFileError(f"{path} was written by a newer tts_adapt "
-                                     f"({meta.get('tts_adapt_version')}); upgrade to read it")
         curvature = cls(
             method=meta["method"], fisher=meta["fisher"], layers=[CurvatureLayer(**d) for d in meta["layers"]],
             tensors=tensors, num_utterances=int(meta["num_utterances"]), fingerprint=meta["fingerprint"],
@@ -193,8 +178,6 @@ class Curvature:
 
     def check_model(self, backend, source: str = "the curvature") -> None:
         """Raise :class:`CurvatureMismatchError` unless ``backend`` is the model this curvature was fitted on."""
-        from tts_adapt.curvature.hooks import UnsupportedLayerError, linear_maps
-
         modules = dict(backend.model.named_modules())
         differences = [f"the model has no module {name!r}" for name in self.targets if name not in modules]
         if not differences:
@@ -216,6 +199,29 @@ class Curvature:
             raise CurvatureMismatchError(
                 f"{source} was fitted on a model with the same layers but different weights (another checkpoint "
                 "or another model); fit the curvature again on this base model")
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON description of a curvature file (method, fisher, layers, num_utterances, fingerprint, ...)
+    without reading its tensors; :class:`CurvatureFileError` for a file that is not a curvature file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CurvatureFileError(f"curvature file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta_text = (fh.metadata() or {}).get(META_KEY)
+    except Exception as err:  # safetensors raises its own error types for foreign files
+        raise CurvatureFileError(f"{path} is not a safetensors file: {err}") from None
+    if meta_text is None:
+        raise CurvatureFileError(f"{path} is not a curvature file (no {META_KEY!r} metadata)")
+    try:
+        meta = json.loads(meta_text)
+    except ValueError as err:
+        raise CurvatureFileError(f"{path}: unreadable curvature metadata ({err})") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CurvatureFileError(f"{path} was written by a newer tts_adapt "
+                                 f"({meta.get('tts_adapt_version')}); upgrade to read it")
+    return meta
 
 
 def _tensor_shape(kind: str, layer: CurvatureLayer) -> tuple[int, ...]:
