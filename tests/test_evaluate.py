@@ -204,7 +204,7 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
 
     from tts_adapt.evaluate.report import evaluate_base_model
     from tts_adapt.evaluate.voices import REFERENCES
-    from tts_adapt.models.card import DEFAULT_COMMANDS, NOTES_FILE, PILOT_FILE, training_steps, write_model_card
+    from tts_adapt.evaluate.model_card import DEFAULT_COMMANDS, NOTES_FILE, PILOT_FILE, training_steps, write_model_card
 
     report = evaluate_base_model(tiny_model, tiny_corpus, tmp_path / "eval", per_speaker=1, progress=False)
     summary = report["summary"]

@@ -184,7 +184,7 @@ def cmd_evaluate(args) -> int:
                                  progress=not args.quiet, vocoder=args.vocoder)
     print(report["markdown"])
     if args.write_card:
-        from tts_adapt.models.card import write_model_card
+        from tts_adapt.evaluate.model_card import write_model_card
         from tts_adapt.models.synthesis import default_model_dir
 
         card = write_model_card(args.model or default_model_dir(), args.out)

@@ -74,7 +74,7 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
-    from tts_adapt.models.card import training_steps
+    from tts_adapt.evaluate.model_card import training_steps
     from tts_adapt.models.synthesis import default_model_dir
 
     workdir = Path(workdir)

@@ -24,7 +24,7 @@ from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
                                     clips_from_upload, transcript_rows, write_target_folder)
 from tts_adapt.demo.voices import BASE, REFERENCE, VoiceModels, mel_image
-from tts_adapt.models.card import training_steps
+from tts_adapt.evaluate.model_card import training_steps
 
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTERS = Path("work") / "adapters"

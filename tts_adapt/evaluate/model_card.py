@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 
 from tts_adapt.data.audio import AudioConfig
+from tts_adapt.evaluate.report import to_markdown
+from tts_adapt.evaluate.voices import REFERENCES
 from tts_adapt.io import write_json_atomic, write_text_atomic
 from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS
 
@@ -148,8 +150,6 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
                      + (f", validation loss {float(val[-1]['val_loss']):.3f}" if val else ""))
         lines += ["", "![training curve](training_curve.png)"]
     if reports:
-        from tts_adapt.evaluate.report import to_markdown
-
         lines += ["", "## Voices (held-out sentences of the embedded corpus)"]
         for report in reports:
             lines += ["", f"### Vocoder: {vocoder_label(report)}", "", to_markdown(report).strip()]
@@ -217,8 +217,6 @@ def status(report: dict, steps) -> str:
             f"its synthesised voice is closest to its own "
             f"speaker's real audio for {got['recognisable']} of {got['speakers']} pretraining speakers "
             f"({100 * share:.0f} %; target {100 * RECOGNISABLE_TARGET:.0f} %).")
-    from tts_adapt.evaluate.voices import REFERENCES
-
     for mode, what in (("real recordings", "Real recordings of other sentences"),
                        ("vocoded recordings", "The held-out recordings through the same vocoder (copy synthesis)")):
         ceiling = summary.get("pretrain" + REFERENCES[mode])
