@@ -7,7 +7,6 @@ rename when it finishes; a cancelled or failed run leaves nothing in the bank.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import shutil

@@ -11,7 +11,7 @@ from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
     "BACKENDS": "base", "Batch": "base", "ModelFolderError": "base", "TTSBackend": "base",
-    "register_backend": "base", "get_backend": "base",
+    "register_backend": "base", "get_backend": "backends", "load_backend": "backends",
     "FastPitchBackend": "fastpitch", "GlowTTSBackend": "glowtts",
     "CoquiFastPitchBackend": "zoo_fastpitch", "VitsBackend": "vits", "YourTTSBackend": "vits",
     "SUPPORTED_MODELS": "zoo",

@@ -20,7 +20,6 @@ downloaded folder (see :mod:`tts_adapt.models.zoo`).
 from __future__ import annotations
 
 import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +30,10 @@ import torch
 from torch import nn
 
 from tts_adapt.data.audio import AudioConfig
+from tts_adapt.data.speaker_encoder import SpeakerEncoder
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.features import FeatureExtractor, FeatureStats, UtteranceFeatures, extract_features
-from tts_adapt.models.speakers import SPEAKERS_FILE, SpeakerTable
+from tts_adapt.models.speakers import SpeakerTable
 from tts_adapt.registry import Registry
 
 BACKENDS: Registry[type["TTSBackend"]] = Registry("model backend")
@@ -50,12 +50,11 @@ register_backend = BACKENDS.register
 
 
 def get_backend(name: str) -> type["TTSBackend"]:
-    import tts_adapt.models.fastpitch  # noqa: F401  built-in backends register on import
-    import tts_adapt.models.glowtts  # noqa: F401
-    import tts_adapt.models.vits  # noqa: F401
-    import tts_adapt.models.zoo_fastpitch  # noqa: F401
+    """The backend class registered as ``name``; see :func:`tts_adapt.models.backends.get_backend`."""
+    # imported on use: the backends module imports every backend, and each of them imports this module
+    from tts_adapt.models.backends import get_backend as lookup
 
-    return BACKENDS.get_class(name)
+    return lookup(name)
 
 
 @dataclass
@@ -115,39 +114,12 @@ class TTSBackend(ABC):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "TTSBackend":
-        """Load a model: a folder written by :meth:`save_pretrained` (any registered backend), a
-        downloaded coqui-tts zoo model folder, or a zoo model name (``tts_models/en/vctk/vits``)."""
-        from tts_adapt.models import zoo
+        """Load a model into its backend (``cls`` or a subclass); see
+        :func:`tts_adapt.models.backends.load_backend`."""
+        # imported on use: the backends module imports every backend, and each of them imports this module
+        from tts_adapt.models.backends import load_backend
 
-        if zoo.is_zoo_name(folder):
-            folder = zoo.download(str(folder))
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ModelFolderError(f"model folder not found: {folder}")
-        if zoo.is_zoo_folder(folder):
-            backend = zoo.load_zoo_folder(folder)
-            if cls is not TTSBackend and not isinstance(backend, cls):
-                raise ModelFolderError(f"{folder} holds a {backend.name} model, not {cls.name}")
-            return backend
-        for name in (CONFIG_FILE, CHECKPOINT_FILE, META_FILE, SPEAKERS_FILE):
-            if not (folder / name).is_file():
-                raise ModelFolderError(f"{folder}: missing {name} (a model folder holds {CONFIG_FILE}, "
-                                       f"{CHECKPOINT_FILE}, {META_FILE} and {SPEAKERS_FILE})")
-        meta = json.loads((folder / META_FILE).read_text())
-        backend_cls = get_backend(meta["backend"])
-        if cls is not TTSBackend and not issubclass(backend_cls, cls):
-            raise ModelFolderError(f"{folder} holds a {meta['backend']} model, not {cls.name}")
-        speakers = SpeakerTable.load(folder)
-        model = backend_cls._load_model(folder, speakers)
-        state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise ModelFolderError(f"{folder / CHECKPOINT_FILE} does not match {folder / CONFIG_FILE}: "
-                                   f"{str(err).splitlines()[0]}") from None
-        model.eval()
-        return backend_cls(model, AudioConfig.from_dict(meta["audio"]), FeatureStats.from_dict(meta["stats"]),
-                           speakers, meta.get("info", {}))
+        return load_backend(folder, cls)
 
     def save_pretrained(self, folder: str | Path, *, step: int | None = None) -> None:
         folder = Path(folder)
@@ -207,8 +179,6 @@ class TTSBackend(ABC):
     def embed_speaker(self, audio_paths: Sequence[str | Path]) -> torch.Tensor:
         """The d-vector ``(dim,)`` of a voice from its recordings, with the encoder the model's speaker
         table was made with (resemblyzer for the toolkit's own models)."""
-        from tts_adapt.data.speaker_encoder import SpeakerEncoder
-
         if self.speakers.kind != "d_vector":
             raise ValueError("this model uses a speaker-ID table; it has no speaker encoder for new voices")
         if getattr(self, "_speaker_encoder", None) is None:

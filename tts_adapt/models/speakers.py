@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from tts_adapt.data.samples import Utterance
+from tts_adapt.data.speaker_encoder import SpeakerEncoder
 from tts_adapt.io import atomic_path
 
 SPEAKERS_FILE = "speakers.safetensors"
@@ -101,8 +102,6 @@ class SpeakerTable:
 
 def speaker_d_vectors(utts: Sequence[Utterance], per_speaker: int = 10, *, progress: bool = True) -> dict[str, np.ndarray]:
     """Mean resemblyzer embedding ``(256,)`` of up to ``per_speaker`` utterances of each speaker."""
-    from tts_adapt.data.speaker_encoder import SpeakerEncoder
-
     by_speaker: dict[str, list[str]] = defaultdict(list)
     for u in utts:
         if len(by_speaker[u.speaker]) < per_speaker:

@@ -10,6 +10,7 @@ import torch
 import torchaudio
 
 from tts_adapt.data.audio import AudioConfig
+from tts_adapt.models import zoo
 
 
 def inverse_mel_scale(audio: AudioConfig) -> torchaudio.transforms.InverseMelScale:
@@ -123,8 +124,6 @@ class HifiganVocoder:
     def __init__(self, folder: str | Path, audio: AudioConfig):
         from TTS.config import load_config
         from TTS.vocoder.models import setup_model
-
-        from tts_adapt.models import zoo
 
         if zoo.is_zoo_name(folder, "vocoder_models"):  # e.g. vocoder_models/en/vctk/hifigan_v2, through coqui's manager
             folder = zoo.download(str(folder))

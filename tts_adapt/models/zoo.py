@@ -162,10 +162,8 @@ def require_files(folder: Path, config) -> None:
 
 
 def zoo_backend_class(folder: Path, config) -> type:
-    """The registered zoo backend that accepts this coqui config."""
-    from tts_adapt.models.base import get_backend
-
-    get_backend("fastpitch")  # imports the built-in backends
+    """The registered zoo backend that accepts this coqui config (:mod:`tts_adapt.models.backends` has
+    registered the built-in ones)."""
     for cls in BACKENDS.values():
         if isinstance(cls, type) and issubclass(cls, ZooBackend) and cls.accepts(config):
             return cls
