@@ -1,17 +1,19 @@
 """The embedded default corpus: synthetic multi-speaker English speech built offline.
 
 Public API (imported lazily so that reading the configuration stays cheap):
-:class:`CorpusConfig`, :func:`build_corpus`, :class:`CorpusSummary`,
-:func:`generate_prompts`, :class:`SpeakerSpec`, :func:`design_speakers`,
-:func:`check_speakers`.
+:class:`CorpusConfig` (with :class:`CorpusText`), :func:`build_corpus`,
+:class:`CorpusSummary`, :func:`generate_prompts` (template text),
+:func:`diverse_prompts` and :func:`diphone_coverage` (diverse text),
+:class:`SpeakerSpec`, :func:`design_speakers`, :func:`check_speakers`.
 """
 
 from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
-    "CorpusConfig": "config", "SPEAKER_SETS": "config",
+    "CorpusConfig": "config", "CorpusText": "config", "SPEAKER_SETS": "config",
     "build_corpus": "build", "CorpusSummary": "build",
     "generate_prompts": "prompts",
+    "diverse_prompts": "text", "diphone_coverage": "text",
     "SpeakerSpec": "voices", "design_speakers": "voices",
     "check_speakers": "check", "SpeakerCheck": "check",
 }

@@ -6,14 +6,17 @@ Layout of ``out/``::
     txt/<spk>/<spk>_<nnn>.txt     transcript
     manifest.csv                  one row per utterance (see MANIFEST_FIELDS)
     speakers.json                 each speaker's voice and settings, and its speaker set
-    prompts.txt                   the prompt set the speakers read
+    prompts.txt                   the prompt set the speakers draw from
     corpus.json                   the build configuration; its presence marks a finished build
 
 Speaker sets: ``pretrain`` (train the base model), ``unseen`` (never trained on;
 zero-shot tests) and ``target`` (held out for adaptation). Every speaker's
 utterances are split into ``train`` and ``heldout``; the parallel sentences,
 read by every speaker, are always held out, so evaluation can compare speakers
-on the same text.
+on the same text. With the template text (the default) the other sentences are
+drawn from a few hundred shared prompts; with the diverse text
+(``CorpusConfig(text="diverse")``, see :mod:`.text`) each is read by one speaker
+only, so the corpus holds thousands of distinct sentences.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import save_audio
-from tts_adapt.data.corpus.config import SPEAKER_SETS, CorpusConfig
+from tts_adapt.data.corpus.config import SPEAKER_SETS, CorpusConfig, CorpusText
 from tts_adapt.data.corpus.prompts import generate_prompts
+from tts_adapt.data.corpus.text import diverse_prompts
 from tts_adapt.data.corpus.voices import SpeakerSpec, check_synthesisers, design_speakers, render
 from tts_adapt.io import write_json_atomic, write_text_atomic
 from tts_adapt.parallel import process_pool
@@ -98,13 +102,25 @@ def assign_speaker_sets(specs: list[SpeakerSpec], config: CorpusConfig) -> dict[
 
 def plan_utterances(specs: list[SpeakerSpec], prompts: list[str], roles: dict[str, str],
                     config: CorpusConfig) -> list[dict]:
-    """Which speaker reads which sentence, and each utterance's split."""
+    """Which speaker reads which sentence, and each utterance's split.
+
+    Every speaker reads the parallel prompts (the first ones), then its own: drawn
+    from the shared rest with the template text, dealt out so that no two speakers
+    share one with the diverse text (the best-covering prompts first, in a seeded order).
+    """
     rng = random.Random(config.seed + 2)
     parallel = prompts[: config.parallel]
     own_pool = prompts[config.parallel:]
+    n_own = config.utterances - config.parallel
+    if config.text == CorpusText.DIVERSE:
+        dealt = own_pool[: n_own * len(specs)]
+        rng.shuffle(dealt)
     rows = []
-    for spec in specs:
-        own = rng.sample(own_pool, config.utterances - config.parallel)
+    for k, spec in enumerate(specs):
+        if config.text == CorpusText.DIVERSE:
+            own = dealt[k * n_own:(k + 1) * n_own]
+        else:
+            own = rng.sample(own_pool, n_own)
         texts = parallel + own
         for n, text in enumerate(texts, start=1):
             is_parallel = n <= config.parallel
@@ -169,7 +185,10 @@ def build_corpus(out: str | os.PathLike, config: CorpusConfig = CorpusConfig(), 
     check_synthesisers()
     specs = design_speakers(config.speakers, config.seed)
     roles = assign_speaker_sets(specs, config)
-    prompts = generate_prompts(config.prompts, config.seed)
+    if config.text == CorpusText.DIVERSE:
+        prompts = diverse_prompts(config.prompts, config.seed)
+    else:
+        prompts = generate_prompts(config.prompts, config.seed)
     rows = plan_utterances(specs, prompts, roles, config)
     by_name = {s.name: s for s in specs}
     out.mkdir(parents=True, exist_ok=True)

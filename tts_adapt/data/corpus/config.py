@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
 
 SPEAKER_SETS = ("pretrain", "unseen", "target")
+
+
+class CorpusText(str, enum.Enum):
+    """Where the sentences come from."""
+
+    TEMPLATES = "templates"  # a small grammar over a hand-picked vocabulary (prompts.py); the speakers share them
+    DIVERSE = "diverse"  # WordNet's example sentences chosen for diphone coverage (text.py); one reader each
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,17 @@ class CorpusConfig:
     unseen_speakers: int = field(default=6, metadata={"help": "Speakers never used for pretraining."})
     target_speakers: int = field(default=3, metadata={"help": "Speakers held out for adaptation."})
     loudness_lufs: float = field(default=-23.0, metadata={"help": "Target loudness (ITU-R BS.1770)."})
+    text: str = field(default="templates", metadata={
+        "help": "Sentences: 'templates' (a few hundred sentences from a small grammar, shared by the speakers) "
+                "or 'diverse' (thousands of WordNet example sentences chosen for diphone coverage, each read "
+                "by one speaker; needs prompts >= parallel + speakers x (utterances - parallel))."})
 
     def __post_init__(self):
+        try:
+            object.__setattr__(self, "text", CorpusText(self.text).value)
+        except ValueError:
+            valid = ", ".join(t.value for t in CorpusText)
+            raise ValueError(f"text must be one of {valid}; got {self.text!r}") from None
         if self.speakers < 3:
             raise ValueError(f"speakers must be at least 3 (one per speaker set), got {self.speakers}")
         if self.target_speakers < 1 or self.unseen_speakers < 1:
@@ -41,11 +58,23 @@ class CorpusConfig:
             )
         if self.prompts < self.utterances:
             raise ValueError(f"prompts ({self.prompts}) must be at least utterances ({self.utterances})")
+        if self.text == CorpusText.DIVERSE and self.prompts < self.prompts_read():
+            raise ValueError(
+                f"with text 'diverse' every speaker reads its own sentences, so prompts ({self.prompts}) must be at "
+                f"least parallel + speakers x (utterances - parallel) = {self.prompts_read()}"
+            )
         if self.sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
             raise ValueError(f"sample_rate {self.sample_rate} is not a standard rate")
 
+    def prompts_read(self) -> int:
+        """How many distinct prompts the speakers read with the diverse text (the parallel ones and their own)."""
+        return self.parallel + self.speakers * (self.utterances - self.parallel)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if values["text"] == CorpusText.TEMPLATES:  # left out so that corpora built before the setting keep
+            del values["text"]  # their fingerprint and corpus.json
+        return values
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
