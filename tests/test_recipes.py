@@ -365,7 +365,9 @@ def test_adapt_uses_at_most_max_clips(tiny_model, tiny_target_clips, feature_cac
 
 def test_recipe_configs_are_read_by_each_command():
     """Every section of every recipe YAML is valid for the command that reads it."""
-    from tts_adapt.adapt.config import AdaptConfig, CurvatureConfig, TargetConfig
+    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.curvature.fit_config import CurvatureConfig
+    from tts_adapt.data.target import TargetConfig
     from tts_adapt.cli import config_from_args
     from tts_adapt.evaluate.sweep import SweepConfig
 
@@ -395,7 +397,7 @@ def test_prepare_target_and_fit_curvature_read_their_config_sections(datasets, t
     assert (info["speaker"], info["clips"], info["heldout"]) == ("p248", 10, 1)
     args = build_parser().parse_args(["fit-curvature", "--data", "d", "--out", "o", "--config", str(yaml_file),
                                       "--num-utterances", "9"])
-    from tts_adapt.adapt.config import CurvatureConfig
+    from tts_adapt.curvature.fit_config import CurvatureConfig
     from tts_adapt.cli import config_from_args
 
     c = config_from_args(args, CurvatureConfig, "curvature")

@@ -133,7 +133,7 @@ def cmd_synthesize(args) -> int:
 
 # ----------------------------------------------------------------------------- fit-curvature
 def cmd_fit_curvature(args) -> int:
-    from tts_adapt.adapt.config import CurvatureConfig
+    from tts_adapt.curvature.fit_config import CurvatureConfig
     from tts_adapt.curvature.run import fit_curvature_file
 
     c = config_from_args(args, CurvatureConfig, "curvature")
@@ -195,16 +195,14 @@ def cmd_evaluate(args) -> int:
 
 # ----------------------------------------------------------------------------- prepare-target, sweep
 def cmd_prepare_target(args) -> int:
-    from tts_adapt.adapt.config import TargetConfig
-    from tts_adapt.data.target import prepare_target
+    from tts_adapt.data.corpus.manifest import choose_target
+    from tts_adapt.data.target import TargetConfig, prepare_target
 
     c = config_from_args(args, TargetConfig, "target")
     speaker = c.speaker
     if not speaker:
         if not (Path(args.data) / "manifest.csv").is_file():
             raise ValueError("give the speaker to clone: --speaker, or 'speaker:' in the 'target:' section of --config")
-        from tts_adapt.quickstart import choose_target
-
         speaker = choose_target(Path(args.data))  # the embedded corpus names its target speakers
     t = prepare_target(args.data, speaker, args.out, clips=c.clips, heldout=c.heldout, layout=args.layout,
                        seed=c.seed)
@@ -246,9 +244,9 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------- quickstart
 def cmd_quickstart(args) -> int:
-    from tts_adapt.quickstart import QuickstartConfig, run_quickstart
+    from tts_adapt.quickstart import quickstart_config, run_quickstart
 
-    config = QuickstartConfig(lam=args.lam, steps=args.steps, clips=args.clips)
+    config = quickstart_config(args.lam, steps=args.steps, clips=args.clips)
     run_quickstart(args.workdir, config, model=args.model, progress=not args.quiet)
     return 0
 
@@ -338,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
     p.set_defaults(func=cmd_synthesize)
 
-    from tts_adapt.adapt.config import CurvatureConfig, TargetConfig
+    from tts_adapt.curvature.fit_config import CurvatureConfig
+    from tts_adapt.data.target import TargetConfig
 
     p = sub.add_parser("fit-curvature", help="fit K-FAC / EK-FAC / diagonal Fisher of the pretraining data",
                        description="Fit the curvature of the layers LoRA adapts on N pretraining utterances "
@@ -464,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
     p.set_defaults(func=cmd_demo)
 
-    from tts_adapt.quickstart import QuickstartConfig
+    from tts_adapt.evaluate.sweep import SweepConfig
+    from tts_adapt.quickstart import QUICKSTART_LAM
 
     q = sub.add_parser("quickstart", help="run the main job on the embedded default",
                        description="Build (or reuse) the default corpus, fit (or reuse) K-FAC of the shipped base "
@@ -472,12 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "LoRA + K-FAC, and compare target similarity and the forgetting of old "
                                    "voices. Every stage's result is reused on the next run.")
     q.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
-    q.add_argument("--lam", type=float, default=QuickstartConfig.lam,
-                   help=f"penalty strength of LoRA + K-FAC (default: {QuickstartConfig.lam:g})")
-    q.add_argument("--steps", type=int, default=QuickstartConfig.steps,
-                   help=f"adaptation steps (default: {QuickstartConfig.steps})")
-    q.add_argument("--clips", type=int, default=QuickstartConfig.clips,
-                   help=f"target clips to adapt on (default: {QuickstartConfig.clips})")
+    q.add_argument("--lam", type=float, default=QUICKSTART_LAM,
+                   help=f"penalty strength of LoRA + K-FAC (default: {QUICKSTART_LAM:g})")
+    q.add_argument("--steps", type=int, default=SweepConfig.steps,
+                   help=f"adaptation steps (default: {SweepConfig.steps})")
+    q.add_argument("--clips", type=int, default=SweepConfig.clips,
+                   help=f"target clips to adapt on (default: {SweepConfig.clips})")
     q.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"where corpora and runs are kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
     add_quiet_flag(q)

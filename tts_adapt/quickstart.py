@@ -12,40 +12,20 @@
 
 from __future__ import annotations
 
-import csv
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from tts_adapt.evaluate.sweep import SweepConfig
+
 QUICKSTART_STRATEGIES = ("lora", "kfac")
+QUICKSTART_LAM = 1000.0  # penalty strength of LoRA + K-FAC, in pretraining utterances
 
 
-@dataclass(frozen=True)
-class QuickstartConfig:
-    clips: int = 20  # target clips to adapt on
-    heldout: int = 8  # held-out target clips to measure learning on
-    lam: float = 1000.0  # penalty strength of LoRA + K-FAC, in pretraining utterances
-    steps: int = 200
-    rank: int = 8
-    curvature_utterances: int = 400
-    old_speakers: int = 4
-    unseen_speakers: int = 2
-    per_speaker: int = 2
-    seed: int = 0
-
-
-def _manifest(corpus: Path) -> list[dict]:
-    with open(corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def choose_target(corpus: Path) -> str:
-    """The corpus's flite ``slt`` target speaker if there is one, else its first target speaker."""
-    targets = sorted({r["speaker"] for r in _manifest(corpus) if r["speaker_set"] == "target"})
-    if not targets:
-        raise ValueError(f"{corpus}: no speaker of the 'target' set in manifest.csv; name one with --target-speaker")
-    slt = [t for t in targets if "slt" in t]
-    return (slt or targets)[0]
+def quickstart_config(lam: float = QUICKSTART_LAM, **overrides) -> SweepConfig:
+    """The quickstart is a two-cell sweep: plain LoRA and LoRA + K-FAC at one λ, scored on fewer old and
+    unseen speakers than a full sweep; ``overrides`` are other :class:`SweepConfig` fields."""
+    return SweepConfig(**{"strategies": QUICKSTART_STRATEGIES, "lams": (lam,), "old_speakers": 4,
+                          "unseen_speakers": 2, **overrides})
 
 
 def quickstart_table(rows: list[dict], seconds: dict[str, float]) -> str:
@@ -64,10 +44,13 @@ def quickstart_table(rows: list[dict], seconds: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartConfig(), *, model=None,
+def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, model=None,
                    progress: bool = True, echo=print) -> dict:
+    """Run the quickstart in ``workdir`` with ``config`` (default: :func:`quickstart_config`)."""
+    # imported here, not at the top: the CLI reads this module for its flags without importing PyTorch
     from tts_adapt.adapt.config import AdaptConfig
     from tts_adapt.data.corpus import CorpusConfig, build_corpus
+    from tts_adapt.data.corpus.manifest import choose_target
     from tts_adapt.data.target import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.learning import RealAudio
@@ -77,6 +60,7 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
     from tts_adapt.evaluate.model_card import training_steps
     from tts_adapt.models.synthesis import default_model_dir
 
+    config = config or quickstart_config()
     workdir = Path(workdir)
     t_all = time.time()
     seconds: dict[str, float] = {}
@@ -104,10 +88,10 @@ def run_quickstart(workdir: str | Path, config: QuickstartConfig = QuickstartCon
                               seed=config.seed)
     echo(f"[4/5] adapting to held-out speaker {target} from {prepared.clips} clips in {prepared.clips_dir}")
     adapters, cards = {}, {}
-    for strategy in QUICKSTART_STRATEGIES:
+    for strategy, lam in config.cells():
         name = "lora" if strategy == "lora" else f"lora+{strategy}"
-        cfg = AdaptConfig(strategy=strategy, lam=0.0 if strategy == "lora" else config.lam, steps=config.steps,
-                          rank=config.rank, seed=config.seed)
+        cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
+                          seed=config.seed)
         out = workdir / "adapters" / name
         card = adapt_cell(out, prepared.clips_dir, model_dir, cfg, kfac if strategy != "lora" else None, progress,
                           echo=lambda m: echo(f"      {m}"))

@@ -1,5 +1,5 @@
-"""Settings of an adaptation run: the target's clips, the curvature of the prior, the training (free of
-heavy imports so the CLI starts fast)."""
+"""Settings of an adaptation run (free of heavy imports so the CLI starts fast). The target's settings are
+:class:`tts_adapt.data.target.TargetConfig`, the curvature's :class:`tts_adapt.curvature.fit_config.CurvatureConfig`."""
 
 from __future__ import annotations
 
@@ -37,44 +37,3 @@ class AdaptConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-@dataclass(frozen=True)
-class TargetConfig:
-    """Which speaker of a dataset is cloned, from how many clips (``tts-adapt prepare-target``)."""
-
-    speaker: str = field(default="", metadata={"help": "Dataset speaker to clone, e.g. p248 (the embedded "
-                                                        "corpus: its target speaker)."})
-    clips: int = field(default=20, metadata={"help": "Adaptation clips."})
-    heldout: int = field(default=8, metadata={"help": "Held-out clips (learning is measured on them)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the split (datasets without one)."})
-
-    def __post_init__(self):
-        object.__setattr__(self, "speaker", str(self.speaker))  # YAML reads LibriTTS's 1089 as a number
-        for name in ("clips", "heldout"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
-CURVATURE_METHODS = ("kfac", "ekfac", "diag")
-FISHER_TYPES = ("empirical", "mc")
-
-
-@dataclass(frozen=True)
-class CurvatureConfig:
-    """The curvature fit of the Laplace prior (``tts-adapt fit-curvature``)."""
-
-    method: str = field(default="kfac", metadata={"help": "kfac, ekfac or diag."})
-    fisher: str = field(default="empirical", metadata={"help": "Gradients from real targets (empirical) or from "
-                                                                 "targets sampled from the model (mc)."})
-    num_utterances: int = field(default=1000, metadata={"help": "Pretraining utterances to fit on."})
-    batch_size: int = field(default=8, metadata={"help": "Utterances per batch."})
-    seed: int = field(default=0, metadata={"help": "Seed of the utterance sample and of MC targets."})
-
-    def __post_init__(self):
-        if self.method not in CURVATURE_METHODS:
-            raise ValueError(f"unknown curvature method {self.method!r}; valid: {', '.join(CURVATURE_METHODS)}")
-        if self.fisher not in FISHER_TYPES:
-            raise ValueError(f"unknown Fisher type {self.fisher!r}; valid: {', '.join(FISHER_TYPES)}")
-        for name in ("num_utterances", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -2,23 +2,21 @@
 
 Collecting (:mod:`~tts_adapt.curvature.hooks`, :func:`fit_curvature`) is separate from using the
 result (:class:`Curvature`, saved to and loaded from one safetensors file). The normalisation of
-the stored statistics is documented in :mod:`tts_adapt.curvature.fit`.
+the stored statistics is documented in :mod:`tts_adapt.curvature.fit`. Names are imported lazily
+so that reading :mod:`tts_adapt.curvature.fit_config` does not import PyTorch.
 """
 
-from tts_adapt.curvature.fit import CurvatureMethod, FisherType, FitState, fit_curvature
-from tts_adapt.curvature.hooks import (LayerCall, LinearMap, PositionMaskError, UnsupportedLayerError, linear_maps,
-                                       record_linear_maps)
-from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureLayer, CurvatureMismatchError
+from tts_adapt.registry import lazy_exports
 
+_EXPORTS = {
+    "CurvatureConfig": "fit_config", "CurvatureMethod": "fit_config", "FisherType": "fit_config",
+    "FitState": "fit", "fit_curvature": "fit",
+    "LayerCall": "hooks", "LinearMap": "hooks", "PositionMaskError": "hooks", "UnsupportedLayerError": "hooks",
+    "linear_maps": "hooks", "record_linear_maps": "hooks",
+    "Curvature": "storage", "CurvatureFileError": "storage", "CurvatureLayer": "storage",
+    "CurvatureMismatchError": "storage", "read_header": "storage",
+    "fit_curvature_file": "run",
+}
+__all__ = list(_EXPORTS)
 
-def fit_curvature_file(*args, **kwargs):
-    """See :func:`tts_adapt.curvature.run.fit_curvature_file` (imported on use: it pulls in the data stage)."""
-    from tts_adapt.curvature.run import fit_curvature_file as fit
-
-    return fit(*args, **kwargs)
-
-__all__ = [
-    "Curvature", "CurvatureFileError", "CurvatureLayer", "CurvatureMethod", "CurvatureMismatchError", "FisherType",
-    "FitState", "LayerCall", "fit_curvature_file", "LinearMap", "PositionMaskError", "UnsupportedLayerError", "fit_curvature",
-    "linear_maps", "record_linear_maps",
-]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -53,7 +53,6 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +60,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from tts_adapt.curvature.fit_config import CurvatureMethod, FisherType
 from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, PositionMaskError, linear_maps,
                                        record_linear_maps)
 from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer
@@ -69,25 +69,11 @@ from tts_adapt.io import atomic_path
 log = logging.getLogger(__name__)
 
 
-class CurvatureMethod(str, Enum):
-    KFAC = "kfac"
-    EKFAC = "ekfac"
-    DIAG = "diag"
-
-
-class FisherType(str, Enum):
-    EMPIRICAL = "empirical"
-    MC = "mc"
-
-
 #: The passes over the data of each method. EK-FAC needs the K-FAC eigenbasis before its scalings.
 PHASES = {CurvatureMethod.KFAC: ("factors",), CurvatureMethod.EKFAC: ("factors", "scalings"),
           CurvatureMethod.DIAG: ("diag",)}
 UTTERANCES = "#utterances"  # the key of the utterance count among the sums (never a "<layer>.<kind>" key)
 STATE_META_KEY = "tts_adapt.curvature_state"
-#: Regression outputs of a ForwardTTS model sampled for the Monte Carlo Fisher: (output, axis, config weight).
-MC_TERMS = (("model_outputs", "frames", "spec_loss_alpha"), ("durations_log", "tokens", "dur_loss_alpha"),
-            ("pitch_avg", "tokens", "pitch_loss_alpha"), ("energy_avg", "tokens", "energy_loss_alpha"))
 
 
 def _option(enum_cls, value, what: str):
@@ -253,39 +239,8 @@ def _loss_function(backend, fisher: FisherType) -> Callable:
     """loss(batch, generator): the scalar whose gradients are recorded (the sum over utterances)."""
     if fisher is FisherType.EMPIRICAL:
         return lambda batch, generator: backend.loss(batch)[0] * len(batch)
-    from TTS.tts.models.forward_tts import ForwardTTS
-
-    if not isinstance(backend.model, ForwardTTS):
-        raise ValueError(f"the Monte Carlo Fisher needs a model whose outputs are regressions (FastPitch-style); "
-                         f"the {getattr(backend, 'name', type(backend).__name__)!r} model is not one; "
-                         "use fisher='empirical'")
-    criterion = backend.model.get_criterion()
-    return lambda batch, generator: sampled_regression_loss(backend, batch, criterion, generator) * len(batch)
-
-
-def sampled_regression_loss(backend, batch, criterion, generator: torch.Generator) -> torch.Tensor:
-    """Σ_term α_term · masked mean (prediction − (prediction + ε))², ε ~ N(0, 1): the Monte Carlo
-    Fisher's loss of one batch (mean over the batch, like the training loss)."""
-    outputs, _ = backend.model.train_step(backend.coqui_batch(batch), criterion)
-    masks = {"frames": batch.frame_mask, "tokens": token_mask(batch)}
-    loss = torch.zeros(())
-    for name, axis, alpha_name in MC_TERMS:
-        pred, alpha = outputs.get(name), float(getattr(backend.config, alpha_name, 0.0) or 0.0)
-        if pred is None or alpha == 0.0:
-            continue
-        mask = masks[axis]
-        pred = _batch_time_channels(pred, mask.shape[1])
-        m = mask[..., None].to(pred.dtype)
-        target = pred.detach() + torch.randn(pred.shape, generator=generator, dtype=pred.dtype)
-        loss = loss + alpha * (((pred - target) * m) ** 2).sum() / (m.sum() * pred.shape[-1])
-    return loss
-
-
-def _batch_time_channels(t: torch.Tensor, time: int) -> torch.Tensor:
-    """A model output (B, T), (B, T, C) or (B, C, T) as (B, T, C)."""
-    if t.dim() == 2:
-        return t.unsqueeze(-1)
-    return t if t.shape[1] == time else t.transpose(1, 2)
+    sampled_loss = backend.mc_fisher_loss()  # the model's own sampling of targets; refused by most models
+    return lambda batch, generator: sampled_loss(batch, generator) * len(batch)
 
 
 def position_masks(backend, batch) -> tuple[torch.Tensor, ...]:
@@ -297,7 +252,7 @@ def position_masks(backend, batch) -> tuple[torch.Tensor, ...]:
 
 def token_mask(batch) -> torch.Tensor:
     """(B, T_tokens) True on real tokens."""
-    return torch.arange(batch.tokens.shape[1])[None, :] < batch.token_lengths[:, None]
+    return batch.token_mask
 
 
 def _batch_generator(seed: int, index: int) -> torch.Generator:

@@ -20,14 +20,29 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from tts_adapt.data.samples import Utterance
 
 TARGET_INFO = "target.json"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Which speaker of a dataset is cloned, from how many clips (``tts-adapt prepare-target``)."""
+
+    speaker: str = field(default="", metadata={"help": "Dataset speaker to clone, e.g. p248 (the embedded "
+                                                        "corpus: its target speaker)."})
+    clips: int = field(default=20, metadata={"help": "Adaptation clips."})
+    heldout: int = field(default=8, metadata={"help": "Held-out clips (learning is measured on them)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split (datasets without one)."})
+
+    def __post_init__(self):
+        object.__setattr__(self, "speaker", str(self.speaker))  # YAML reads LibriTTS's 1089 as a number
+        for name in ("clips", "heldout"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,9 @@ def split_speaker(utts: list[Utterance], speaker: str, clips: int, heldout: int,
 
 
 def _write_clips(utts: list[Utterance], folder: Path, sample_rate: int | None) -> None:
+    # imported on use, as below: the CLI reads TargetConfig from this module at start-up
+    import numpy as np
+
     from tts_adapt.data.audio import load_audio, save_audio
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,6 +135,7 @@ def prepare_target(data: str | Path, speaker: str, out: str | Path, *, clips: in
     ``utterances`` skips reading the dataset again when the caller has it.
     ``sample_rate`` resamples (default: keep wav files as they are, decode others at their own rate).
     """
+    # imported on use: the CLI reads TargetConfig from this module at start-up
     from tts_adapt.data.readers import read_dataset
     from tts_adapt.io import write_json_atomic
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tts_adapt.data.corpus.manifest import choose_target
+
 PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
 CURVATURE_OF = {"diag": "diag", "kfac": "kfac", "ekfac": "ekfac"}
 LEARNING_SIM_TOLERANCE = 0.02  # target similarity within this of plain LoRA counts as equal learning
@@ -127,8 +129,6 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
         if data is None:
             raise ValueError("give --data (a dataset with the target speaker) or --target-dir and --heldout-dir")
         if target_speaker is None:
-            from tts_adapt.quickstart import choose_target
-
             target_speaker = choose_target(Path(data))
         prepared = prepare_target(data, target_speaker, out / "target", clips=config.clips,
                                   heldout=config.heldout, layout=layout, seed=config.seed)

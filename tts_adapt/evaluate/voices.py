@@ -24,7 +24,6 @@ Two references are scored the same way, in place of synthesised audio:
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import load_audio
-from tts_adapt.evaluate.metrics import mcd_dtw
+from tts_adapt.data.corpus.manifest import read_manifest
 from tts_adapt.data.speaker_encoder import SpeakerEncoder, cosine_matrix
+from tts_adapt.evaluate.metrics import mcd_dtw
 
 
 @dataclass
@@ -53,18 +53,11 @@ class SpeakerScore:
         return self.same_similarity > self.best_other_similarity
 
 
-def _manifest(corpus: Path) -> list[dict]:
-    with open(corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def heldout_recordings(corpus: str | Path, speaker_set: str = "pretrain") -> dict[str, list[Path]]:
     """Held-out recordings of each speaker of ``speaker_set`` in the embedded corpus, in manifest order."""
     corpus = Path(corpus)
-    if not (corpus / "manifest.csv").is_file():
-        raise FileNotFoundError(f"{corpus}: no manifest.csv; give a corpus built by tts-adapt corpus build")
     heldout: dict[str, list[Path]] = defaultdict(list)
-    for r in _manifest(corpus):
+    for r in read_manifest(corpus):
         if r["speaker_set"] == speaker_set and r["split"] == "heldout":
             heldout[r["speaker"]].append(corpus / r["audio"])
     return heldout
@@ -81,7 +74,7 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
     of the module's description are scored too.
     """
     corpus = Path(corpus)
-    rows = _manifest(corpus)
+    rows = read_manifest(corpus)
     sr = synth.sample_rate
     heldout: dict[str, list[dict]] = defaultdict(list)
     train: dict[str, list[str]] = defaultdict(list)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -78,6 +78,11 @@ class Batch:
     def frame_mask(self) -> torch.Tensor:
         """(B, F) True on real frames, False on padding."""
         return torch.arange(self.mel.shape[1])[None, :] < self.mel_lengths[:, None]
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        """(B, T) True on real tokens, False on padding."""
+        return torch.arange(self.tokens.shape[1])[None, :] < self.token_lengths[:, None]
 
 
 class TTSBackend(ABC):
@@ -164,6 +169,13 @@ class TTSBackend(ABC):
 
     def set_training_progress(self, step: int) -> None:
         """Called before every training step (schedules inside the model); nothing by default."""
+
+    def mc_fisher_loss(self) -> Callable[[Batch, torch.Generator], torch.Tensor]:
+        """``loss(batch, generator)`` for the Monte Carlo Fisher: the training loss with targets sampled from
+        the model's own predictive distribution (a scalar, mean over the batch). Only a model whose outputs
+        are regressions has one; the others refuse."""
+        raise ValueError(f"the Monte Carlo Fisher needs a model whose outputs are regressions (FastPitch-style); "
+                         f"the {self.name!r} model is not one; use fisher='empirical'")
 
     # ------------------------------------------------------------------ features and speakers
     def feature_extractor(self) -> FeatureExtractor | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tts_adapt.data.audio import AudioConfig
-from tts_adapt.models.base import register_backend
+from tts_adapt.models.base import Batch, register_backend
 from tts_adapt.models.coqui import TEXT_FIELDS, CoquiBackend, coqui_audio, speaker_fields
 from tts_adapt.models.features import F0_MAX, F0_MIN
 from tts_adapt.models.speakers import SpeakerTable
@@ -24,6 +24,16 @@ UNVOICED_SYMBOLS = frozenset("ptkfθsʃhxçʔ") | frozenset(" ,.;:!?-\"'()…—
 F0_SMOOTHING_FRAMES = 5
 #: The binary alignment loss is switched on gradually over this many steps (coqui ramps it by epochs).
 BINARY_LOSS_WARMUP_STEPS = 2000
+#: Regression outputs sampled for the Monte Carlo Fisher: (output, axis, config weight).
+MC_TERMS = (("model_outputs", "frames", "spec_loss_alpha"), ("durations_log", "tokens", "dur_loss_alpha"),
+            ("pitch_avg", "tokens", "pitch_loss_alpha"), ("energy_avg", "tokens", "energy_loss_alpha"))
+
+
+def _batch_time_channels(t: torch.Tensor, time: int) -> torch.Tensor:
+    """A model output (B, T), (B, T, C) or (B, C, T) as (B, T, C)."""
+    if t.dim() == 2:
+        return t.unsqueeze(-1)
+    return t if t.shape[1] == time else t.transpose(1, 2)
 
 
 @register_backend
@@ -61,6 +71,29 @@ class FastPitchBackend(CoquiBackend):
 
     def set_training_progress(self, step: int) -> None:
         self.model.binary_loss_weight = min(step / BINARY_LOSS_WARMUP_STEPS, 1.0)
+
+    def mc_fisher_loss(self):
+        """Σ_term α_term · masked mean (prediction − (prediction + ε))², ε ~ N(0, 1) over the model's
+        regression outputs (:data:`MC_TERMS`): the Monte Carlo Fisher's loss of one batch (mean over the
+        batch, like the training loss)."""
+        criterion = self.model.get_criterion()
+
+        def loss(batch: Batch, generator: torch.Generator) -> torch.Tensor:
+            outputs, _ = self.model.train_step(self.coqui_batch(batch), criterion)
+            masks = {"frames": batch.frame_mask, "tokens": batch.token_mask}
+            total = torch.zeros(())
+            for name, axis, alpha_name in MC_TERMS:
+                pred, alpha = outputs.get(name), float(getattr(self.config, alpha_name, 0.0) or 0.0)
+                if pred is None or alpha == 0.0:
+                    continue
+                mask = masks[axis]
+                pred = _batch_time_channels(pred, mask.shape[1])
+                m = mask[..., None].to(pred.dtype)
+                target = pred.detach() + torch.randn(pred.shape, generator=generator, dtype=pred.dtype)
+                total = total + alpha * (((pred - target) * m) ** 2).sum() / (m.sum() * pred.shape[-1])
+            return total
+
+        return loss
 
     def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         old_scale = self.model.length_scale

@@ -8,7 +8,6 @@ speaker closer to itself than to anyone else.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from tts_adapt.data.corpus.manifest import read_manifest
 from tts_adapt.data.speaker_encoder import SpeakerEncoder, cosine_matrix
 
 
@@ -76,8 +76,7 @@ class SpeakerCheck:
 def check_speakers(corpus_dir: str | Path, utterances_per_half: int = 3, *, progress: bool = True) -> SpeakerCheck:
     """Embed two disjoint halves of each speaker's training utterances and compare them."""
     corpus_dir = Path(corpus_dir)
-    with open(corpus_dir / "manifest.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_manifest(corpus_dir)
     by_speaker: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         if r["split"] == "train":
