@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from tts_adapt.adapt.config import STRATEGY_NAMES
+from tts_adapt.adapt.config import AdaptConfig
 from tts_adapt.adapt.lora import lora_factors, wrap_with_lora
-from tts_adapt.adapt.penalty import STRATEGIES, get_strategy
+from tts_adapt.adapt.strategies import STRATEGIES, get_strategy
 
 
 class FactorTable:
@@ -137,11 +137,17 @@ def test_dilated_conv_targets_are_refused():
 
 
 def test_strategies_registry():
-    assert set(STRATEGIES) == set(STRATEGY_NAMES)
+    assert {"lora", "l2", "diag", "kfac", "ekfac"} <= set(STRATEGIES)
     with pytest.raises(ValueError, match="valid: lora"):
         get_strategy("ewc++")
+    with pytest.raises(ValueError, match="valid: lora"):
+        AdaptConfig(strategy="ewc++")
+    with pytest.raises(ValueError, match="already registered"):
+        STRATEGIES.register(get_strategy("kfac"))
     with pytest.raises(ValueError, match="curvature"):
         get_strategy("kfac")(None)
+    assert {s: get_strategy(s).curvature_method for s in STRATEGIES if get_strategy(s).needs_curvature} == \
+        {"diag": "diag", "kfac": "kfac", "ekfac": "ekfac"}
 
 
 def test_missing_layers_in_curvature_are_named(lora_model):

@@ -1,16 +1,17 @@
 """Adaptation stage: peft LoRA on the base model, under a Laplace penalty against forgetting.
 
 :func:`adapt` clones a voice from a folder of clips; strategies (:data:`STRATEGIES`)
-are registered penalty classes with one interface. Names are imported lazily so
+are registered classes with a few hooks on the shared training loop. Names are imported lazily so
 that reading :mod:`tts_adapt.adapt.config` stays cheap.
 """
 
 from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
-    "AdaptConfig": "config", "STRATEGY_NAMES": "config",
+    "AdaptConfig": "config",
     "LoraFactors": "lora", "lora_factors": "lora", "wrap_with_lora": "lora",
-    "STRATEGIES": "penalty", "Penalty": "penalty", "get_strategy": "penalty", "register_strategy": "penalty",
+    "STRATEGIES": "strategies", "Strategy": "strategies", "PenaltyStrategy": "strategies",
+    "get_strategy": "strategies", "register_strategy": "strategies",
     "adapt": "train",
 }
 __all__ = list(_EXPORTS)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-STRATEGY_NAMES = ("lora", "l2", "diag", "kfac", "ekfac")
 MIN_CLIPS, MAX_CLIPS = 10, 50  # target clips an adaptation accepts by default (fewest) and uses (most)
 
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    strategy: str = field(default="kfac", metadata={"help": "lora, l2, diag, kfac or ekfac."})
+    strategy: str = field(default="kfac", metadata={"help": "A registered strategy: lora, l2, diag, kfac, ekfac "
+                                                            "(tts_adapt.adapt.strategies.STRATEGIES)."})
     lam: float = field(default=0.0, metadata={"help": "Penalty strength λ (in pretraining utterances)."})
     damping: float = field(default=0.0, metadata={"help": "Extra δ·‖ΔW‖² added to curvature penalties."})
     rank: int = field(default=8, metadata={"help": "LoRA rank r."})
@@ -26,8 +26,10 @@ class AdaptConfig:
     seed: int = field(default=0, metadata={"help": "Seed of LoRA initialisation, data order and split."})
 
     def __post_init__(self):
-        if self.strategy not in STRATEGY_NAMES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGY_NAMES)}")
+        # imported here, not at the top, so that the CLI reads this module without importing PyTorch
+        from tts_adapt.adapt.strategies import get_strategy
+
+        get_strategy(self.strategy)  # an unknown name is an error listing the registered ones
         if self.lam < 0:
             raise ValueError(f"lam must be non-negative, got {self.lam}")
         for name in ("rank", "steps", "batch_size", "val_every", "checkpoint_every", "patience"):
@@ -36,4 +38,3 @@ class AdaptConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-

@@ -37,7 +37,8 @@ class LoraFactors:
 
 
 def wrap_with_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                   seed: int = 0, trainable_tokens: dict[str, list[int]] | None = None):
+                   seed: int = 0, trainable_tokens: dict[str, list[int]] | None = None,
+                   adapter_name: str = ADAPTER_NAME):
     """A peft ``PeftModel`` with LoRA on ``targets`` (module names of ``model``).
 
     LoRA-B starts at zero (peft's default), so the wrapped model starts out
@@ -64,7 +65,7 @@ def wrap_with_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: f
                         init_lora_weights=True, bias="none", trainable_token_indices=trainable_tokens or None)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, config, adapter_name=ADAPTER_NAME)
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     exact_attention_forward(peft_model)
     return peft_model
 
@@ -119,16 +120,16 @@ def _strip(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def lora_factors(peft_model: nn.Module) -> list[LoraFactors]:
-    """The (A, B, scale) of every LoRA layer, named by the linear map they update."""
+def lora_factors(peft_model: nn.Module, adapter_name: str = ADAPTER_NAME) -> list[LoraFactors]:
+    """The (A, B, scale) of adapter ``adapter_name`` in every LoRA layer, named by the linear map they update."""
     from peft.tuners.lora import layer as lora_layer
 
     factors = []
     for name, module in peft_model.named_modules():
-        if not isinstance(module, lora_layer.LoraLayer) or ADAPTER_NAME not in module.lora_A:
+        if not isinstance(module, lora_layer.LoraLayer) or adapter_name not in module.lora_A:
             continue
-        a_mod, b_mod = module.lora_A[ADAPTER_NAME], module.lora_B[ADAPTER_NAME]
-        scale = float(module.scaling[ADAPTER_NAME])
+        a_mod, b_mod = module.lora_A[adapter_name], module.lora_B[adapter_name]
+        scale = float(module.scaling[adapter_name])
         A = a_mod.weight.reshape(a_mod.weight.shape[0], -1)  # (r, in) (Conv1d: (r, C_in * k))
         B = b_mod.weight.reshape(b_mod.weight.shape[0], -1)  # (out, r)
         base = _strip(name)
@@ -143,5 +144,6 @@ def is_adapter_parameter(name: str) -> bool:
     return "lora_" in name or "trainable_tokens_delta" in name
 
 
-def lora_parameters(peft_model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in peft_model.named_parameters() if is_adapter_parameter(n) and p.requires_grad]
+def adapter_parameters(peft_model: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter's trainable parameters by name, in the model's order."""
+    return {n: p for n, p in peft_model.named_parameters() if is_adapter_parameter(n) and p.requires_grad}

@@ -17,8 +17,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from tts_adapt.adapt.config import STRATEGY_NAMES, AdaptConfig
-from tts_adapt.adapt.penalty import get_strategy
+from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.strategies import STRATEGIES, get_strategy
 from tts_adapt.demo.bank import AdapterBank, EvaluationReportError, read_evaluation
 from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
@@ -294,7 +294,7 @@ def _clone_tab(service: DemoService):
 
         with gr.Row():
             name = gr.Textbox(label="Name of the new adapter", value="my-voice")
-            strategy = gr.Radio(list(STRATEGY_NAMES), value=default_strategy, label="Strategy",
+            strategy = gr.Radio(list(STRATEGIES), value=default_strategy, label="Strategy",
                                 info="lora: no penalty; l2: ‖ΔW‖²; diag / kfac / ekfac: Laplace penalty from "
                                      "the pretraining data's curvature (needs a curvature file)")
         with gr.Row():

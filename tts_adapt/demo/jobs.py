@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tts_adapt.adapt.adapter import Adapter
 from tts_adapt.adapt.config import AdaptConfig
-from tts_adapt.adapt.penalty import get_strategy
+from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.train import adapt
 from tts_adapt.curvature.storage import TENSORS, CurvatureFileError, read_header
 from tts_adapt.demo.bank import AdapterBank

@@ -23,7 +23,6 @@ from pathlib import Path
 from tts_adapt.data.corpus.manifest import choose_target
 
 PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
-CURVATURE_OF = {"diag": "diag", "kfac": "kfac", "ekfac": "ekfac"}
 LEARNING_SIM_TOLERANCE = 0.02  # target similarity within this of plain LoRA counts as equal learning
 LEARNING_MCD_TOLERANCE = 0.05  # and target MCD within 5 %
 
@@ -55,23 +54,25 @@ class SweepConfig:
     seed: int = field(default=0, metadata={"help": "Seed of adaptation and of the curvature sample."})
 
     def __post_init__(self):
-        from tts_adapt.adapt.config import STRATEGY_NAMES
+        # imported here so that the CLI reads this config without importing PyTorch
+        from tts_adapt.adapt.strategies import get_strategy
 
         # lists may come as "a,b" (command line) or YAML lists
         object.__setattr__(self, "strategies", _as_tuple(self.strategies, str, "strategies"))
         object.__setattr__(self, "lams", _as_tuple(self.lams, float, "lams"))
 
-        unknown = [s for s in self.strategies if s not in STRATEGY_NAMES]
-        if unknown:
-            raise ValueError(f"strategies: unknown {', '.join(unknown)}; valid: {', '.join(STRATEGY_NAMES)}")
+        for s in self.strategies:
+            get_strategy(s)  # an unknown name is an error listing the registered ones
         if any(lam <= 0 for lam in self.lams):
             raise ValueError(f"lams must be positive, got {self.lams}")
-        if not self.lams and any(s != "lora" for s in self.strategies):
+        if not self.lams and any(get_strategy(s).uses_lam for s in self.strategies):
             raise ValueError("lams: give at least one penalty strength for the penalised strategies")
 
     def cells(self) -> list[tuple[str, float]]:
-        return [(s, 0.0) for s in self.strategies if s == "lora"] + \
-               [(s, float(lam)) for s in self.strategies if s != "lora" for lam in sorted(self.lams)]
+        from tts_adapt.adapt.strategies import get_strategy
+
+        return [(s, 0.0) for s in self.strategies if not get_strategy(s).uses_lam] + \
+               [(s, float(lam)) for s in self.strategies if get_strategy(s).uses_lam for lam in sorted(self.lams)]
 
 
 def cell_name(strategy: str, lam: float) -> str:
@@ -109,6 +110,7 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
     ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot.
     """
     from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.strategies import get_strategy
     from tts_adapt.data.target import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.learning import RealAudio
@@ -136,7 +138,8 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
         echo(f"target {target_speaker}: {prepared.clips} adaptation clips, {prepared.heldout} held out ({out / 'target'})")
 
     curvatures = {}
-    for method in sorted({CURVATURE_OF[s] for s in config.strategies if s in CURVATURE_OF}):
+    curvature_of = {s: get_strategy(s).curvature_method for s in config.strategies}
+    for method in sorted({m for m in curvature_of.values() if m}):
         curvatures[method] = ensure_curvature(model_dir, backend, curvature_data or data, out / "curvature",
                                               method, num_utterances=config.curvature_utterances,
                                               seed=config.seed, layout=layout, cache_dir=cache_dir,
@@ -151,7 +154,7 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
         cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
                           seed=config.seed)
         echo(f"[{k}/{len(cells)}] {name}")
-        card = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(CURVATURE_OF.get(strategy)),
+        card = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(curvature_of[strategy]),
                            progress, echo)
         report_file = folder / "eval" / "report.json"
         if report_file.is_file() and report_file.stat().st_mtime >= (folder / "run.json").stat().st_mtime:
