@@ -68,7 +68,7 @@ def test_pretrain_writes_a_loadable_model_log_and_state(run_a):
             assert r["val_loss"] == "", r
 
     state = torch.load(run_a / STATE_FILE, weights_only=True)
-    assert state["step"] == 4 and {"optimizer", "scheduler", "epoch", "position", "rng_torch"} <= set(state)
+    assert state["step"] == 4 and {"weights", "optimizer", "scheduler", "epoch", "position", "rng"} <= set(state)
 
 
 @pytest.mark.slow
@@ -192,7 +192,7 @@ def test_torchrun_data_parallel(tiny_corpus, feature_cache, tmp_path):
     assert model.info["steps"] == 2
     assert [int(r["step"]) for r in _log(out)] == [1, 2]
     state = torch.load(out / STATE_FILE, weights_only=True)
-    assert state["rng_torch"].dim() == 2 and state["rng_torch"].shape[0] == 2  # one RNG state per process
+    assert state["rng"].dim() == 2 and state["rng"].shape[0] == 2  # one RNG state per process
     mel = model.synthesize_mel("Two processes trained me.", speaker=model.speakers.names[0])
     assert torch.isfinite(mel).all()
 

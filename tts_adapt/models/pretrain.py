@@ -3,13 +3,15 @@
 Run state lives in the output folder:
 
     config.json, model.pth, tts_adapt.json, speakers.safetensors   the model (always usable)
-    trainer_state.pt      optimizer, scheduler, step, data position, RNG states (exact resume)
+    trainer_state.pt      the training loop's state: weights, optimizer, scheduler, step, data position,
+                          RNG states of every process (exact resume; see tts_adapt.models.trainer)
     pretrain.json         the PretrainConfig of the run
     train_log.csv         one row per logged step (losses, learning rate, wall time)
 
-Data parallelism: under ``torchrun --nproc_per_node N`` every process takes
-``batch_size / N`` items of each global batch and gradients are averaged with
-``all_reduce`` (gloo on CPU); only rank 0 writes files.
+The loop is the shared :class:`~tts_adapt.models.trainer.Trainer`; what is particular to pretraining
+(the learning-rate schedule, the run folder and its log) is set up here. Data parallelism: under
+``torchrun --nproc_per_node N`` every process takes ``batch_size / N`` items of each global batch and
+``DistributedDataParallel`` averages the gradients (gloo on CPU); only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import csv
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -26,16 +27,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from tts_adapt.data.audio import AudioConfig
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.samples import InputReport, Utterance
-from tts_adapt.io import atomic_path, write_json_atomic
+from tts_adapt.cache import cache_dir as default_cache_dir
+from tts_adapt.distributed import dist_info, init_distributed
+from tts_adapt.io import write_json_atomic
 from tts_adapt.models.base import TTSBackend, get_backend
-from tts_adapt.models.features import FeatureStats, UtteranceFeatures, extract_features
+from tts_adapt.models.features import FeatureStats, extract_features
 from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS, PretrainConfig
 from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
+from tts_adapt.models.trainer import Callback, LoopConfig, Trainer, read_checkpoint, validation_loss
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
@@ -88,37 +93,6 @@ def lr_factor(step: int, warmup: int, total: int | None = None, cooldown: int = 
     return noam(step)
 
 
-# --------------------------------------------------------------------------- distributed
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the process group when started by torchrun (gloo: CPU); a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-        # N processes x the default thread pool oversubscribe the cores, and spinning
-        # OpenMP threads then slow every process down many times over
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    return _dist_info()
-
-
-def _average_gradients(model: torch.nn.Module, world: int) -> None:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if world == 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 # --------------------------------------------------------------------------- the run
 def prepare(data: str | Path, out: Path, config: PretrainConfig, *, layout: str = "auto",
             cache_dir: Path | None = None, workers: int = 1, progress: bool = True, report: InputReport | None = None):
@@ -142,14 +116,14 @@ def prepare(data: str | Path, out: Path, config: PretrainConfig, *, layout: str 
         speakers = SpeakerTable("d_vector", names, torch.from_numpy(np.stack([vecs[n] for n in names])).float())
     else:
         speakers = SpeakerTable("id_table", sorted({u.speaker for u in train_utts}))
-    if not speakers_path.is_file() and _dist_info()[0] == 0:
+    if not speakers_path.is_file() and dist_info()[0] == 0:
         out.mkdir(parents=True, exist_ok=True)
         speakers.save(out)
     backend_cls = get_backend(config.backend)
     torch.manual_seed(config.seed)
     probe = backend_cls.create(audio, FeatureStats(torch.zeros(audio.n_mels), torch.ones(audio.n_mels), 0.0, 1.0),
                                speakers, size=config.size)
-    cache = cache_dir or Path(os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
+    cache = default_cache_dir(cache_dir)
     train = extract_features(train_utts, cache, audio, probe.text_to_ids, probe.text_config, report=report,
                              workers=workers, progress=progress)
     val = extract_features(val_utts, cache, audio, probe.text_to_ids, probe.text_config, report=report,
@@ -187,20 +161,73 @@ def init_weights(backend: TTSBackend, source: str | Path) -> None:
                                                           if k in parent.info}}
 
 
-@torch.no_grad()
-def validation_loss(backend: TTSBackend, features: list[UtteranceFeatures], batch_size: int) -> float:
-    if not features:
-        return float("nan")
-    was = backend.model.training
-    backend.model.eval()
-    total, n = 0.0, 0
-    for i in range(0, len(features), batch_size):
-        chunk = features[i:i + batch_size]
-        loss, _ = backend.loss(backend.collate(chunk))
-        total += float(loss) * len(chunk)
-        n += len(chunk)
-    backend.model.train(was)
-    return total / n
+class BackendLoss(nn.Module):
+    """The backend's training loss as a module, so that ``DistributedDataParallel`` can wrap it: DDP
+    averages gradients only for what runs through its own forward, and coqui's ``train_step`` calls the
+    model's forward from inside."""
+
+    def __init__(self, backend: TTSBackend):
+        super().__init__()
+        self.backend = backend
+        self.model = backend.model  # registered, so that DDP sees the parameters
+
+    def forward(self, batch):
+        return self.backend.loss(batch)
+
+
+class PretrainLog(Callback):
+    """The run folder at every checkpoint: the model (always usable) and the new rows of train_log.csv
+    (every ``log_every`` steps and the last one; append-only, so a crash loses at most those rows)."""
+
+    def __init__(self, backend: TTSBackend, out: Path, config: PretrainConfig, data: str | Path):
+        self.backend, self.out, self.config, self.data = backend, out, config, data
+        self.rows: list[dict] = []
+
+    def on_train_start(self, trainer):
+        self.t_start, self.seen = time.time(), 0
+
+    def on_batch_start(self, trainer, batch):
+        self.backend.set_training_progress(trainer.step)
+
+    def on_after_optimizer_step(self, trainer):
+        self.seen += self.config.batch_size
+
+    def on_train_batch_end(self, trainer, row, parts):
+        if trainer.step % self.config.log_every and not trainer.stopping:
+            return
+        elapsed = time.time() - self.t_start
+        self.rows.append({**{k: parts.get(k, "") for k in LOG_FIELDS}, "step": trainer.step, "epoch": trainer.epoch,
+                          "lr": trainer.scheduler.get_last_lr()[0], "seconds": round(trainer.wall_seconds, 1),
+                          "utterances_per_s": round(self.seen / max(elapsed, 1e-9), 2),
+                          "val_loss": round(row["val_loss"], 4) if "val_loss" in row else ""})
+
+    def on_save_checkpoint(self, trainer):
+        self.backend.info.update({"steps": trainer.step, "epoch": trainer.epoch, "pretrain": self.config.to_dict(),
+                                  "wall_seconds": round(trainer.wall_seconds, 1), "processes": trainer.world})
+        self.backend.save_pretrained(self.out, step=trainer.step)
+        path = self.out / "train_log.csv"
+        fields = list(LOG_FIELDS)
+        if path.is_file():  # keep the columns of the existing log
+            with open(path, newline="", encoding="utf-8") as fh:
+                fields = next(csv.reader(fh), fields)
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            if fh.tell() == 0:
+                writer.writeheader()
+            writer.writerows(self.rows)
+        self.rows = []
+
+
+def _check_resumable(out: Path, config: PretrainConfig) -> None:
+    """Refuse to continue a run in ``out`` with other settings than its own (the length may change)."""
+    previous = out / "pretrain.json"
+    if previous.is_file() and (out / STATE_FILE).is_file():  # a run that got as far as a checkpoint
+        old = {**EARLIER_DEFAULTS, **json.loads(previous.read_text())}
+        changed = {k: (old.get(k), v) for k, v in config.to_dict().items()
+                   if k not in RESCHEDULABLE and old.get(k) != v}
+        if changed:
+            raise ValueError(f"{out} holds a run with another configuration ({changed}); "
+                             "resume with the same settings or choose another output folder")
 
 
 def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(), *, layout: str = "auto",
@@ -218,15 +245,8 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
         raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        previous = out / "pretrain.json"
-        if previous.is_file() and (out / STATE_FILE).is_file():  # a run that got as far as a checkpoint
-            old = {**EARLIER_DEFAULTS, **json.loads(previous.read_text())}
-            changed = {k: (old.get(k), v) for k, v in config.to_dict().items()
-                       if k not in RESCHEDULABLE and old.get(k) != v}
-            if changed:
-                raise ValueError(f"{out} holds a run with another configuration ({changed}); "
-                                 "resume with the same settings or choose another output folder")
-        write_json_atomic(previous, config.to_dict())
+        _check_resumable(out, config)
+        write_json_atomic(out / "pretrain.json", config.to_dict())
     # rank 0 computes speaker embeddings and features first; the others then read them from
     # the run folder and the feature cache instead of repeating the work
     if rank == 0:
@@ -240,117 +260,38 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
     if rank == 0 and not report.ok:
         log.warning("%s", report.summary())
     model = backend.model
-    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.warmup_steps, config.steps, config.cooldown_steps))
-    step, epoch, position = 0, 0, 0
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        wall_before = float(state.get("wall_seconds", 0.0))
-        torch.set_rng_state(state["rng_torch"][rank] if state["rng_torch"].dim() > 1 else state["rng_torch"])
-        if rank == 0:
-            log.info("resuming at step %d", step)
-    else:
-        torch.manual_seed(config.seed + 1000 + rank)
-        wall_before = 0.0
     backend.info.update({"train_utterances": len(train), "val_utterances": len(val),
                          "train_hours": round(sum(f.mel.shape[0] for f in train) * backend.audio.hop_length
                                               / backend.audio.sample_rate / 3600, 3),
                          "speakers": len(backend.speakers.names), "data": str(data)})
-
     lengths = [f.mel.shape[0] for f in train]
-    per_rank = config.batch_size // world
-    end = config.steps if stop_after is None else min(config.steps, step + stop_after)
-    bar = tqdm(total=config.steps, initial=step, desc="pretraining", unit="step", disable=not progress or rank > 0)
-    t_start, seen, bad_steps = time.time(), 0, 0
-    log_rows: list[dict] = []
-    batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
-    if not batches:  # otherwise the loop below would start epoch after empty epoch forever
+    if not epoch_batches(lengths, config.batch_size, config.seed, 0):
         raise ValueError(f"{len(train)} training utterance(s) do not fill one batch of {config.batch_size}; "
                          "use a smaller batch_size or more data")
-    while step < end:
-        if position >= len(batches):
-            epoch, position = epoch + 1, 0
-            batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
-        idx = batches[position][rank * per_rank:(rank + 1) * per_rank]
-        position += 1
-        batch = backend.collate([train[i] for i in idx])
-        backend.set_training_progress(step)
-        loss, parts = backend.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        finite = torch.tensor(float(torch.isfinite(loss)))
-        if world > 1:  # every rank must skip the same steps, or their all_reduce calls fall out of step
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not finite:
-            bad_steps += 1
-            if rank == 0:
-                log.warning("step %d: non-finite loss, step skipped (%d in a row)", step, bad_steps)
-            if bad_steps >= MAX_BAD_STEPS:
-                raise FloatingPointError(f"{bad_steps} non-finite losses in a row at step {step}; the last "
-                                         f"checkpoint in {out} is intact (lower --lr and resume)")
-            continue
-        bad_steps = 0
-        loss.backward()
-        _average_gradients(model, world)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        seen += len(idx) * world
-        bar.update(1)
-        if max_minutes is not None:
-            out_of_time = torch.tensor(float(time.time() - t_start >= 60.0 * max_minutes))
-            if world > 1:  # every rank must end at the same step
-                dist.all_reduce(out_of_time, op=dist.ReduceOp.MAX)
-            if out_of_time:
-                end = step
-        bar.set_postfix(loss=f"{parts['loss']:.3f}", spec=f"{parts.get('loss_spec', 0):.3f}")
-        if step % config.log_every == 0 or step == end:
-            elapsed = time.time() - t_start
-            log_rows.append({**{k: parts.get(k, "") for k in LOG_FIELDS}, "step": step, "epoch": epoch,
-                             "lr": scheduler.get_last_lr()[0], "seconds": round(wall_before + elapsed, 1),
-                             "utterances_per_s": round(seen / max(elapsed, 1e-9), 2), "val_loss": ""})
-        if step % config.checkpoint_every == 0 or step == end:
-            val_loss = validation_loss(backend, val, config.batch_size) if rank == 0 else float("nan")
-            if log_rows:
-                log_rows[-1]["val_loss"] = round(val_loss, 4)
-            _checkpoint(backend, optimizer, scheduler, out, step, epoch, position, config, rank, world, log_rows,
-                        wall_before + time.time() - t_start)
-            log_rows = []
-    bar.close()
+    per_rank = config.batch_size // world
+    loss_fn = DistributedDataParallel(BackendLoss(backend), find_unused_parameters=True) if world > 1 \
+        else backend.loss
+    trainer = Trainer(
+        model, dict(model.named_parameters()), optimizer, loss_fn,
+        epoch_batches=lambda epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch),
+        make_batch=lambda idx: backend.collate([train[i] for i in idx[rank * per_rank:(rank + 1) * per_rank]]),
+        config=LoopConfig(steps=config.steps, checkpoint_every=config.checkpoint_every,
+                          val_every=config.checkpoint_every, grad_clip=config.grad_clip,
+                          max_bad_steps=MAX_BAD_STEPS, raise_on_non_finite=True),
+        scheduler=scheduler, validate=lambda: validation_loss(backend, val, config.batch_size),
+        checkpoint_path=out / STATE_FILE, callbacks=[PretrainLog(backend, out, config, data)],
+        settings=config.to_dict(), progress=progress, desc="pretraining")
+    state_path = out / STATE_FILE
+    if state_path.is_file():
+        trainer.load_state_dict(read_checkpoint(state_path))
+        if rank == 0:
+            log.info("resuming at step %d", trainer.step)
+    else:
+        torch.manual_seed(config.seed + 1000 + rank)
+    trainer.fit(stop_after=stop_after, max_minutes=max_minutes)
     if world > 1:
         dist.barrier()
     return backend
-
-
-def _checkpoint(backend, optimizer, scheduler, out: Path, step, epoch, position, config, rank, world, log_rows,
-                wall_seconds: float):
-    """Model folder + trainer state, written atomically by rank 0 (RNG states gathered from all ranks)."""
-    rng = torch.get_rng_state()
-    if world > 1:
-        gathered = [torch.empty_like(rng) for _ in range(world)]
-        dist.all_gather(gathered, rng)
-        rng = torch.stack(gathered)
-    if rank != 0:
-        return
-    backend.info.update({"steps": step, "epoch": epoch, "pretrain": config.to_dict(),
-                         "wall_seconds": round(wall_seconds, 1), "processes": world})
-    backend.save_pretrained(out, step=step)
-    with atomic_path(out / STATE_FILE) as tmp:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "epoch": epoch, "position": position, "rng_torch": rng, "wall_seconds": wall_seconds}, tmp)
-    path = out / "train_log.csv"
-    fields = list(LOG_FIELDS)
-    if path.is_file():  # keep the columns of the existing log (a run may span versions)
-        with open(path, newline="", encoding="utf-8") as fh:
-            fields = next(csv.reader(fh), fields)
-    with open(path, "a", newline="", encoding="utf-8") as fh:  # append-only: a crash loses at most these rows
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        if fh.tell() == 0:
-            writer.writeheader()
-        writer.writerows(log_rows)
