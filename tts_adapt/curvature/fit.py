@@ -64,6 +64,7 @@ from tts_adapt.curvature.fit_config import CurvatureMethod, FisherType
 from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, PositionMaskError, linear_maps,
                                        record_linear_maps)
 from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer
+from tts_adapt.distributed import all_reduce_sums, dist_info
 from tts_adapt.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
     if not targets:
         raise ValueError("no target layers to fit the curvature of")
     maps = linear_maps(backend.model, targets)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     plan = batch_plan(features, batch_size)
     key = {"method": method.value, "fisher": fisher.value, "targets": targets, "batch_size": batch_size,
            "seed": seed, "model": backend.fingerprint(targets), "data": data_fingerprint(features),
@@ -206,7 +207,7 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
                 if budget is not None:
                     budget -= 1
                 bar.update(1)
-            _all_reduce(state.sums, world)
+            all_reduce_sums(state.sums)
             state.results.update(_finish_phase(phase, method, state.sums, maps, world))
             state.phase, state.batches_seen, state.sums = state.phase + 1, 0, {}
     bar.close()
@@ -342,19 +343,6 @@ def _accumulate(sums: dict, phase: str, maps: list[LinearMap], calls: dict[str, 
             sums[f"{m.name}.{'diag' if phase == 'diag' else 'S'}"] += (per_utterance ** 2).sum(0).double()
 
 
-def _all_reduce(sums: dict[str, torch.Tensor], world: int) -> None:
-    if world == 1:
-        return
-    keys = sorted(sums)
-    flat = torch.cat([sums[k].reshape(-1) for k in keys])
-    dist.all_reduce(flat)
-    offset = 0
-    for k in keys:
-        n = sums[k].numel()
-        sums[k] = flat[offset:offset + n].view_as(sums[k]).clone()
-        offset += n
-
-
 def _finish_phase(phase: str, method: CurvatureMethod, sums: dict, maps: list[LinearMap], world: int) -> dict:
     """Normalised results of a finished pass (see the module doc)."""
     n = max(float(sums[UTTERANCES]), 1.0)
@@ -394,9 +382,3 @@ def _curvature(backend, method: CurvatureMethod, fisher: FisherType, maps: list[
                      backend=getattr(backend, "name", ""), audio=audio,
                      info={"batch_size": key["batch_size"], "seed": key["seed"], "processes": world,
                            "data": key["data"], "mc_samples": 1 if fisher is FisherType.MC else 0})
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1

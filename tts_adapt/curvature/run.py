@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tts_adapt.curvature.fit import FitState, fit_curvature
 from tts_adapt.curvature.storage import Curvature
+from tts_adapt.distributed import init_distributed
 
 log = logging.getLogger(__name__)
 SAVE_EVERY_BATCHES = 10
@@ -64,7 +65,6 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
     """Fit and save; returns (curvature, timing summary)."""
     from tts_adapt.data.readers import read_dataset
     from tts_adapt.models.base import TTSBackend
-    from tts_adapt.models.pretrain import init_distributed
     from tts_adapt.models.synthesis import default_model_dir
 
     out = Path(out)
