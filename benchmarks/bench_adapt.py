@@ -89,11 +89,11 @@ def curvatures(backend, args, cache: Path, tmp: Path) -> dict[str, Path]:
 
 def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -> tuple[dict, int, int]:
     """Seconds per step of each strategy (interleaved, same batches); also λ and the number of training clips."""
-    from tts_adapt.adapt.lora import lora_factors, lora_parameters, wrap_with_lora
-    from tts_adapt.adapt.penalty import get_strategy
+    from tts_adapt.adapt.lora import adapter_parameters, lora_factors, wrap_with_lora
+    from tts_adapt.adapt.strategies import get_strategy
     from tts_adapt.adapt.target import read_target_clips, split_heldout
-    from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker
-    from tts_adapt.adapt.train import _batches, target_d_vector
+    from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker, target_conditioning
+    from tts_adapt.adapt.train import shuffled_batches
     from tts_adapt.curvature import Curvature
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.features import extract_features
@@ -103,7 +103,7 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     lam = float(curvs["kfac"].num_utterances)
     clips, report = read_target_clips(clip_dir, backend.audio.sample_rate)
     train_clips, _ = split_heldout(clips, seed=0)
-    add_target_speaker(backend, target_d_vector(train_clips))
+    add_target_speaker(backend, target_conditioning(backend, train_clips))
     feats = extract_features(train_clips, cache, backend.audio, backend.text_to_ids, backend.text_config,
                              report=report, progress=False)
     for f in feats:
@@ -113,7 +113,7 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     for p in backend.model.parameters():
         p.requires_grad_(False)
     peft_model = wrap_with_lora(backend.model, targets, rank=args.rank, alpha=16.0, seed=0)
-    params = lora_parameters(peft_model)
+    params = list(adapter_parameters(peft_model).values())
     penalties, optimizers, weights = {}, {}, {}
     for name in STRATEGIES:
         penalties[name] = get_strategy(name)(curvs.get(name))
@@ -124,7 +124,7 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     order: list[list[int]] = []
     epoch = 0
     while len(order) < args.steps + 1:
-        order += _batches(len(feats), args.batch_size, 0, epoch)
+        order += shuffled_batches(len(feats), args.batch_size, 0, epoch)
         epoch += 1
     seconds = dict.fromkeys(STRATEGIES, 0.0)
     backend.model.train()
@@ -138,7 +138,7 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
             t0 = time.perf_counter()
             batch = backend.collate([feats[i] for i in idx])
             tts_loss, _ = backend.loss(batch)
-            pen = penalty(lora_factors(peft_model)) if name != "lora" else tts_loss.new_zeros(())
+            pen = penalty(lora_factors(peft_model))  # (plain LoRA's is an exact zero)
             loss = tts_loss + 0.5 * lam * pen
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
