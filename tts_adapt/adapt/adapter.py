@@ -128,7 +128,7 @@ class Adapter:
         cfg = self.run.get("config", {})
         if not cfg:
             return "settings unknown (no run.json)"
-        lam = f", λ = {cfg['lam']:g}" if cfg.get("strategy") != "lora" else ""
+        lam = f", λ = {cfg['lam']:g}" if cfg.get("lam") else ""
         return f"{cfg.get('strategy')}{lam}, rank {cfg.get('rank')}, {self.run.get('steps', '?')} steps"
 
     def apply(self, backend: TTSBackend) -> TTSBackend:

@@ -150,7 +150,7 @@ class DemoService:
         steps = int(steps)
         if not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be between 1 and {self.max_steps}, got {steps}")
-        config = AdaptConfig(strategy=strategy, lam=float(lam or 0.0) if strategy != "lora" else 0.0,
+        config = AdaptConfig(strategy=strategy, lam=float(lam or 0.0) if get_strategy(strategy).uses_lam else 0.0,
                              rank=int(rank), steps=steps)
         curvature, why = curvature_for(strategy, self.curvature)
         if get_strategy(strategy).needs_curvature and curvature is None:

@@ -76,7 +76,9 @@ class SweepConfig:
 
 
 def cell_name(strategy: str, lam: float) -> str:
-    return "lora" if strategy == "lora" else f"{strategy}_lam{lam:g}"
+    from tts_adapt.adapt.strategies import get_strategy  # (this module's configs are read without PyTorch)
+
+    return f"{strategy}_lam{lam:g}" if get_strategy(strategy).uses_lam else strategy
 
 
 def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
