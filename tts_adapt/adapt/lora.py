@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 ADAPTER_NAME = "default"
+#: The peft release series whose LoRA ``MultiheadAttention`` :func:`exact_attention_forward` replaces (the
+#: patch relies on that layer's internals; pyproject.toml pins peft to it).
+PATCHED_PEFT_SERIES = "0.21"
 
 
 @dataclass
@@ -81,10 +84,17 @@ def exact_attention_forward(model: nn.Module) -> None:
     """
     import types
 
+    import peft
     from peft.tuners.lora import layer as lora_layer
 
     for module in model.modules():
         if isinstance(module, lora_layer.MultiheadAttention):
+            if peft.__version__.split(".")[:2] != PATCHED_PEFT_SERIES.split("."):
+                raise RuntimeError(
+                    f"LoRA on attention layers is patched for peft {PATCHED_PEFT_SERIES}.x, but peft "
+                    f"{peft.__version__} is installed; install the version pinned in pyproject.toml "
+                    f"(peft {PATCHED_PEFT_SERIES}.x) or check tts_adapt.adapt.lora._attention_forward against "
+                    "this peft's MultiheadAttention before widening the range")
             module.forward = types.MethodType(_attention_forward, module)
 
 
