@@ -1,12 +1,13 @@
 """The documentation against the code: every `tts-adapt` command quoted in README.md, docs/, the recipes' and
-the demo's READMEs and the model card still parses, their links lead to files that exist, and the README's
-Python example runs."""
+the demo's READMEs and the model card still parses, the Python names they quote and their links exist, and
+the README's Python example runs."""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -123,6 +124,35 @@ def test_the_command_check_catches_unknown_flags_and_subcommands():
     assert parse_error(parser, "pretrain --init-from", False) is None
     assert "expected one argument" in parse_error(parser, "pretrain --data c --out m --init-from", True)
     assert "required" in parse_error(parser, "prepare-target --data d", True)
+
+
+# --------------------------------------------------------------------------- Python names
+DOTTED = re.compile(r"`(tts_adapt(?:\.\w+)+)")
+
+
+def resolve(dotted: str):
+    """The object a dotted name in the docs stands for: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_python_names_in_the_docs_exist():
+    missing = []
+    for path in doc_files():
+        for dotted in sorted(set(DOTTED.findall(path.read_text(encoding="utf-8")))):
+            try:
+                resolve(dotted)
+            except (ImportError, AttributeError) as err:
+                missing.append(f"{path.relative_to(ROOT)}: {dotted} ({err})")
+    assert not missing, "Python names in the docs that the package no longer has:\n" + "\n".join(missing)
 
 
 # --------------------------------------------------------------------------- README
