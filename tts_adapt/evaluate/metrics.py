@@ -59,7 +59,6 @@ def dtw_path(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class MCDResult:
     mcd: float  # dB
-    frames: int  # length of the aligned path
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def mcd_dtw(synth: np.ndarray, real: np.ndarray, sample_rate: int) -> MCDResult:
     a = analyse(synth, sample_rate, pitch=False).mcep
     b = analyse(real, sample_rate, pitch=False).mcep
     path = dtw_path(a, b)
-    return MCDResult(mcd_on_path(a, b, path), len(path))
+    return MCDResult(mcd_on_path(a, b, path))
 
 
 def f0_track(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,9 +124,3 @@ def f0_track(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]
 class F0Result:
     rmse_hz: float  # over frames voiced in both
     voicing_error: float  # fraction of aligned frames with differing voicing decisions
-
-
-def f0_error(synth: np.ndarray, real: np.ndarray, sample_rate: int) -> F0Result:
-    """F0 RMSE and voicing error of ``synth`` against ``real`` on the mel-cepstral DTW path."""
-    a, b = analyse(synth, sample_rate), analyse(real, sample_rate)
-    return f0_on_path(a, b, dtw_path(a.mcep, b.mcep))
