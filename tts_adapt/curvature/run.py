@@ -11,11 +11,11 @@ torchrun each process keeps its own state and rank 0 writes the file.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
 
+from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.curvature.fit import FitState, fit_curvature
 from tts_adapt.curvature.storage import Curvature
 from tts_adapt.distributed import init_distributed
@@ -84,7 +84,7 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
         log.warning("%s has %d usable utterances; fitting on all of them (asked for %d)", data, len(utts),
                     num_utterances)
     utts = condition_unknown_speakers(backend, utts, progress=progress and rank == 0)
-    cache = Path(cache_dir or os.environ.get("TTS_ADAPT_CACHE", Path.home() / ".cache" / "tts_adapt"))
+    cache = default_cache_dir(cache_dir)
     features = backend.extract_features(utts, cache, report=report, workers=workers if rank == 0 else 1,
                                         progress=progress and rank == 0, lazy=True)
     state_path = out.with_name(out.name + (f".state{rank}" if world > 1 else ".state"))
