@@ -29,8 +29,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=str, default=None,
                                 help=f"{f.metadata['help']} (default: {','.join(map(str, f.default))})")
             continue
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                            help=f"{f.metadata['help']} (default: {f.default})")
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=f.metadata.get("type", type(f.default)),
+                            default=None, help=f"{f.metadata['help']}"
+                                               + (f" (default: {f.default})" if f.default is not None else ""))
 
 
 def add_layout_flag(parser: argparse.ArgumentParser) -> None:

@@ -29,3 +29,26 @@ def load_section(path: str | Path, section: str, config_cls) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} in '{section}:'; valid: {', '.join(sorted(valid))}")
     return values
+
+
+_BOUNDS = {">": lambda v, b: v > b, ">=": lambda v, b: v >= b, "<": lambda v, b: v < b, "<=": lambda v, b: v <= b}
+
+
+def check_fields(config) -> None:
+    """Refuse numeric settings that cannot be meant: every int or float field of the dataclass ``config``
+    must be a finite number (not a bool), within the bounds its field metadata gives as ``"range"``
+    (e.g. ``"> 0"``, ``">= 0, < 1"``); None passes where a field allows it. The error names the field."""
+    import math
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None or isinstance(value, (str, tuple, list, dict)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{f.name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+        for bound in filter(None, (b.strip() for b in f.metadata.get("range", "").split(","))):
+            op, limit = bound.split()
+            if not _BOUNDS[op](value, float(limit)):
+                raise ValueError(f"{f.name} must be {op} {limit}, got {value}")

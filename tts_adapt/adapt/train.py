@@ -9,8 +9,10 @@ output folder holds ``checkpoint/state.pt``, the loop's resumable state (removed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from tts_adapt.adapt.config import AdaptConfig
 from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.target import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.cache import cache_dir as default_cache_dir
+from tts_adapt.curvature.storage import read_header
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.synthesis import default_model_dir
 from tts_adapt.models.trainer import Callback, LoopConfig, Trainer, read_checkpoint, validation_loss
@@ -71,6 +74,27 @@ class StepListener(Callback):
         return self.on_step(trainer.step, self.total_steps, row)
 
 
+class DivergedError(RuntimeError):
+    """Training ended on non-finite losses before any finite validation loss: there is nothing to save."""
+
+
+def clips_fingerprint(utts) -> str:
+    """sha256 over the clips' audio bytes and transcripts, in order: which recordings a run trained on."""
+    h = hashlib.sha256()
+    for u in utts:
+        h.update(Path(u.audio_path).read_bytes())
+        h.update(u.text.encode())
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _resumable_state(out: Path, resume: bool, config: AdaptConfig) -> dict | None:
     """The interrupted run's state to resume, after refusing what cannot be resumed or would be overwritten."""
     path = out / CHECKPOINT_DIR / STATE_FILE
@@ -81,10 +105,48 @@ def _resumable_state(out: Path, resume: bool, config: AdaptConfig) -> dict | Non
     if not resume:
         return None
     state = read_checkpoint(path)
-    if json.loads(state["settings"]) != config.to_dict():
-        raise ValueError(f"{path.parent}: the interrupted run used other settings ({state['settings']}); "
+    saved = json.loads(state["settings"])
+    if saved.get("config") != config.to_dict():
+        raise ValueError(f"{path.parent}: the interrupted run used other settings ({saved.get('config')}); "
                          "resume with the same ones")
     return state
+
+
+def _check_same_run(state: dict | None, identity: dict, out: Path) -> None:
+    """Refuse to resume on other data, another base model or another curvature than the interrupted run's."""
+    if state is None:
+        return
+    saved = json.loads(state["settings"]).get("identity", {})
+    what = {"base_model": "base model", "curvature": "curvature file", "train_clips": "target clips",
+            "val_clips": "validation clips"}
+    changed = [what[k] for k in what if saved.get(k) != identity.get(k)]
+    if changed:
+        raise ValueError(f"{out / CHECKPOINT_DIR}: the interrupted run used another {', another '.join(changed)}; "
+                         "resume with the same ones, or start a new run in another --out")
+
+
+def _check_writable(out: Path) -> bool:
+    """Make sure ``out`` can be written before any work; returns whether this call created it."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{out}: cannot write the adapter there ({err.strerror or err})") from None
+    return created
+
+
+def _finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None, so that run.json stays valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = None,
@@ -101,16 +163,44 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     ``on_step(step, total_steps, row)`` is called after every optimizer
     step with that step's curve row; returning ``False`` ends the run there with
     ``stopped="cancelled"`` (the adapter of the best validation so far is saved).
+
+    Nothing is saved from a run that never reached a finite validation loss (:class:`DivergedError`);
+    a run that diverges after one keeps the best validation's adapter and says so in ``stopped``.
+    A refused run leaves ``out`` as it was (a folder this call created is removed again).
     """
     if max_clips is not None and max_clips < min_clips:
         raise ValueError(f"max_clips ({max_clips}) is below min_clips ({min_clips})")
     strategy_cls = get_strategy(config.strategy)
+    if strategy_cls.needs_curvature:
+        if curvature is None:
+            raise ValueError(f"strategy {config.strategy!r} needs --curvature FILE (fit it with tts-adapt "
+                             f"fit-curvature --method {strategy_cls.curvature_method})")
+        method = read_header(curvature).get("method")
+        if method != strategy_cls.curvature_method:
+            raise ValueError(f"{curvature}: a {method} curvature file; strategy {config.strategy!r} needs a "
+                             f"{strategy_cls.curvature_method} one (tts-adapt fit-curvature --method "
+                             f"{strategy_cls.curvature_method})")
+    elif curvature is not None:
+        log.warning("strategy %s does not use the curvature file %s", config.strategy, curvature)
     out = Path(out)
     t0 = time.time()
+    state = _resumable_state(out, resume, config)
+    created = _check_writable(out)
+    try:
+        return _adapt(target_dir, out, model, config, strategy_cls, curvature, targets, state, val_dir, cache_dir,
+                      progress, stop_after, min_clips, max_clips, on_step, t0)
+    except (Exception, KeyboardInterrupt) as err:
+        # an interrupted run keeps its checkpoint to resume from; anything else leaves no trace
+        if created and not isinstance(err, KeyboardInterrupt):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curvature, targets, state, val_dir,
+           cache_dir, progress, stop_after, min_clips, max_clips, on_step, t0) -> dict:
     model_dir = Path(model) if model else default_model_dir()
     backend = TTSBackend.from_pretrained(model_dir)
-    state = _resumable_state(out, resume, config)
-
+    base_fingerprint = backend.fingerprint()
     clips, report = read_target_clips(target_dir, backend.audio.sample_rate, min_clips=min_clips,
                                       max_clips=max_clips if max_clips is not None else 10 ** 9)
     if val_dir:
@@ -120,17 +210,16 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         train_clips, val_clips = split_heldout(clips, seed=config.seed)
     for note in report.notes:
         log.info("note: %s", note)
+    identity = {"base_model": base_fingerprint, "train_clips": clips_fingerprint(train_clips),
+                "val_clips": clips_fingerprint(val_clips),
+                "curvature": file_fingerprint(curvature) if strategy_cls.needs_curvature else None}
+    _check_same_run(state, identity, out)
 
     curv = None
     if strategy_cls.needs_curvature:
-        if curvature is None:
-            raise ValueError(f"strategy {config.strategy!r} needs --curvature FILE (fit it with tts-adapt "
-                             f"fit-curvature --method {strategy_cls.curvature_method})")
         from tts_adapt.curvature import Curvature
 
         curv = Curvature.load(curvature, backend)
-    elif curvature is not None:
-        log.warning("strategy %s does not use the curvature file %s", config.strategy, curvature)
 
     d_vec = target_conditioning(backend, train_clips)
     trainable_rows = add_target_speaker(backend, d_vec)
@@ -142,7 +231,7 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
 
     targets = targets or (list(curv.targets) if curv is not None else backend.lora_targets())
     strategy = strategy_cls.from_config(config, curv)
-    peft_model = strategy.wrap(backend.model, targets, trainable_rows)
+    strategy.wrap(backend.model, targets, trainable_rows)
     params = strategy.trainable_parameters()
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
     torch.manual_seed(config.seed)
@@ -155,13 +244,22 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         config=LoopConfig(steps=config.steps, checkpoint_every=config.checkpoint_every, val_every=config.val_every,
                           patience=config.patience, keep_best=True, max_bad_steps=MAX_BAD_STEPS),
         validate=lambda: validation_loss(backend, val_feats, config.batch_size),
-        checkpoint_path=out / CHECKPOINT_DIR / STATE_FILE, callbacks=callbacks, settings=config.to_dict(),
-        progress=progress, desc=f"adapting ({config.strategy})")
+        checkpoint_path=out / CHECKPOINT_DIR / STATE_FILE, callbacks=callbacks,
+        settings={"config": config.to_dict(), "identity": identity}, progress=progress,
+        desc=f"adapting ({config.strategy})")
     if state is not None:
         trainer.load_state_dict(state)
     stopped = trainer.fit(stop_after=stop_after)
     if stopped == "interrupted":
         return {"status": "interrupted", "step": trainer.step}
+    if trainer.best is None:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # a diverged state is not worth resuming
+        why = f"{stopped} at step {trainer.step}" if stopped != "steps" else "every validation loss was non-finite"
+        raise DivergedError(f"{out}: training diverged ({why}) before any finite validation loss, so nothing was "
+                            f"saved; lower --lr (now {config.lr:g}) or --lam (now {config.lam:g})")
+    if stopped == "non-finite loss":
+        log.warning("training diverged at step %d; the adapter saved is the best validation's (step %d, loss %.4f)",
+                    trainer.step, trainer.best_step, trainer.best_val)
     trainer.restore_best()
     strategy.before_save()
     card = {
@@ -170,10 +268,11 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         "target_dir": str(target_dir), "train_clips": len(feats), "val_clips": len(val_feats),
         "train_seconds_of_audio": round(sum(f.mel.shape[0] for f in feats) * backend.audio.hop_length
                                         / backend.audio.sample_rate, 1),
-        "steps": trainer.step, "stopped": stopped, "best_val_loss": trainer.best_val, "curve": curve.rows,
-        "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
+        "steps": trainer.step, "stopped": stopped, "best_val_loss": trainer.best_val, "best_step": trainer.best_step,
+        "curve": curve.rows, "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
         "trainable_parameters": sum(p.numel() for p in params.values()),
+        "base_model_fingerprint": base_fingerprint,
     }
-    save_adapter(out, strategy.model, d_vec, card)
+    save_adapter(out, strategy.model, d_vec, _finite_or_none(card))
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # also temp files a killed run left behind
     return card

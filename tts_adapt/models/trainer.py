@@ -164,7 +164,7 @@ class Trainer:
         self.settings, self.progress, self.desc = settings or {}, progress, desc
         self.rank, self.world = dist_info()
         self.step = self.epoch = self.position = 0
-        self.best_val, self.bad_validations = math.inf, 0
+        self.best_val, self.bad_validations, self.best_step = math.inf, 0, 0
         self.best: dict[str, torch.Tensor] | None = None
         self.wall_seconds = 0.0  # over every sitting of the run
         self.stopping: str | None = None
@@ -174,6 +174,7 @@ class Trainer:
         """Everything needed to resume exactly. Collective under torchrun (gathers the RNG states)."""
         return {"format": STATE_FORMAT, "step": self.step, "epoch": self.epoch, "position": self.position,
                 "best_val": self.best_val, "bad_validations": self.bad_validations, "best": self.best,
+                "best_step": self.best_step,
                 "wall_seconds": self.wall_seconds, "settings": json.dumps(self.settings, sort_keys=True),
                 "weights": {k: p.detach().clone() for k, p in self.params.items()},
                 "optimizer": self.optimizer.state_dict(),
@@ -194,6 +195,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
         self.best_val, self.bad_validations = float(state["best_val"]), int(state["bad_validations"])
+        self.best_step = int(state["best_step"])
         self.best, self.wall_seconds = state["best"], float(state["wall_seconds"])
         set_rng_state(state["rng"])
         saved = state["callbacks"]
@@ -296,7 +298,7 @@ class Trainer:
         """Validation loss into ``row``; best weights and the count of validations without improvement."""
         row["val_loss"] = self.validate() if self.rank == 0 else float("nan")
         if row["val_loss"] < self.best_val - self.config.min_improvement:
-            self.best_val, self.bad_validations = row["val_loss"], 0
+            self.best_val, self.bad_validations, self.best_step = row["val_loss"], 0, self.step
             if self.config.keep_best:
                 self.best = {k: p.detach().clone() for k, p in self.params.items()}
         else:

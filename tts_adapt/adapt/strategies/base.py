@@ -37,13 +37,14 @@ class Strategy(Callback):
     """Plain LoRA on the backend's target layers; subclasses change what differs.
 
     ``curvature_method`` names the curvature file a strategy needs (``fit-curvature --method``), None
-    for none; ``uses_lam`` says whether λ (``AdaptConfig.lam``) means anything to it. ``config`` carries
-    the run's settings (λ, rank, seed, …).
+    for none; ``uses_lam`` says whether λ (``AdaptConfig.lam``) means anything to it, and ``default_lam``
+    is the λ of a run that does not set one. ``config`` carries the run's settings (λ, rank, seed, …).
     """
 
     name: ClassVar[str]
     curvature_method: ClassVar[str | None] = None
     uses_lam: ClassVar[bool] = False
+    default_lam: ClassVar[float] = 0.0
     needs_curvature: ClassVar[bool] = False
     state_key = "strategy"
 

@@ -43,6 +43,8 @@ class PenaltyStrategy(Strategy):
     """LoRA under (λ / 2) · Σ_layers P(ΔW); calling the strategy on a model's LoRA factors gives Σ P."""
 
     uses_lam = True
+    #: λ of a run that sets none: the quickstart's, 1,000 pretraining utterances (docs/method.md)
+    default_lam = 1000.0
 
     def __call__(self, factors: list[LoraFactors]) -> torch.Tensor:
         total = factors[0].A.new_zeros(()) if factors else torch.zeros(())
@@ -71,6 +73,10 @@ class PenaltyStrategy(Strategy):
                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; fit it for the "
                              "same --targets as the adaptation")
 
+    def on_train_start(self, trainer):
+        if not self.config.lam:  # asked for explicitly (an unset λ is the strategy's default), but say so
+            log.warning("strategy %s at lam=0: the penalty is off and this run is plain LoRA", self.name)
+
     def loss_terms(self, trainer, batch):
         lam = self.config.lam
         # at λ = 0 the penalty is not computed: the term is an exact zero
@@ -84,11 +90,15 @@ class NoPenalty(PenaltyStrategy):
 
     name = "lora"
     uses_lam = False
+    default_lam = 0.0
 
     def __init__(self, curvature=None, **kwargs):
         super().__init__(curvature, **kwargs)
         if self.config.lam:
             log.warning("strategy lora has no penalty; lam=%s is ignored", self.config.lam)
+
+    def on_train_start(self, trainer):
+        pass
 
     def __call__(self, factors):
         return factors[0].A.new_zeros(()) if factors else torch.zeros(())
@@ -100,6 +110,8 @@ class NoPenalty(PenaltyStrategy):
 @register_strategy
 class L2Penalty(PenaltyStrategy):
     name = "l2"
+    #: λ counts squared weights here, not utterances: at 1,000 the adapter hardly moves (docs/results.md)
+    default_lam = 10.0
 
     def layer(self, f):
         return _l2(f)
