@@ -168,7 +168,7 @@ def test_sweep_config_reads_comma_separated_lists_and_rejects_unknown_strategies
     c = SweepConfig(strategies="lora, kfac", lams="10,100")
     assert c.strategies == ("lora", "kfac") and c.lams == (10.0, 100.0)
     assert c.cells() == [("lora", 0.0), ("kfac", 10.0), ("kfac", 100.0)]
-    with pytest.raises(ValueError, match="unknown bogus"):
+    with pytest.raises(ValueError, match="unknown strategy 'bogus'; valid: lora"):
         SweepConfig(strategies="lora,bogus")
     with pytest.raises(ValueError, match="could not read"):
         SweepConfig(lams="1,x")

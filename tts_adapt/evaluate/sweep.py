@@ -99,7 +99,7 @@ def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, p
                  max_clips=None)
 
 
-def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: str | Path | None = None,
+def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str | Path | None = None,
               data: str | Path | None = None, layout: str = "auto", target_speaker: str | None = None,
               target_dir: str | Path | None = None, heldout_dir: str | Path | None = None,
               curvature_data: str | Path | None = None, cache_dir: str | Path | None = None,
@@ -120,6 +120,7 @@ def run_sweep(out: str | Path, config: SweepConfig = SweepConfig(), *, model: st
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
 
+    config = config or SweepConfig()  # (not a default argument: building one imports PyTorch)
     out = Path(out)
     t_all = time.time()
     model_dir = Path(model) if model else default_model_dir()

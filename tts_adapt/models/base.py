@@ -49,14 +49,6 @@ class ModelFolderError(ValueError):
 register_backend = BACKENDS.register
 
 
-def get_backend(name: str) -> type["TTSBackend"]:
-    """The backend class registered as ``name``; see :func:`tts_adapt.models.backends.get_backend`."""
-    # imported on use: the backends module imports every backend, and each of them imports this module
-    from tts_adapt.models.backends import get_backend as lookup
-
-    return lookup(name)
-
-
 @dataclass
 class Batch:
     """A padded batch. ``tokens`` (B, T) with ``token_lengths`` (B,); ``mel`` (B, F, n_mels) normalised,

@@ -30,13 +30,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.data.audio import AudioConfig
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.samples import InputReport, Utterance
-from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.distributed import dist_info, init_distributed
 from tts_adapt.io import write_json_atomic
-from tts_adapt.models.base import TTSBackend, get_backend
+from tts_adapt.models.backends import get_backend
+from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.features import FeatureStats, extract_features
 from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS, PretrainConfig
 from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
