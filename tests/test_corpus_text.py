@@ -82,6 +82,18 @@ def test_bad_text_settings_name_the_field(bad, field):
         CorpusConfig(**bad)
 
 
+def test_text_setting_reaches_the_cli_and_the_yaml_configs():
+    from tts_adapt.cli import _corpus_config, build_parser
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    parse = build_parser().parse_args
+    assert _corpus_config(parse(["corpus", "build", "--out", "x", "--config", str(configs / "demo_corpus.yaml")])) \
+        == CorpusConfig()
+    assert _corpus_config(parse(["corpus", "build", "--out", "x", "--config",
+                                 str(configs / "demo_corpus_diverse.yaml")])) == DIVERSE
+    assert _corpus_config(parse(["corpus", "build", "--out", "x", "--text", "diverse", "--prompts", "6000"])) == DIVERSE
+
+
 # ------------------------------------------------------------------ the diverse text
 @needs_wordnet
 def test_diverse_text_meets_its_counts(diverse):
