@@ -37,13 +37,15 @@ def untrained_adapters(bank: Path, model_dir: Path | None, count: int = 2, rank:
     model_dir = model_dir or default_model_dir()
     for i in range(count):
         backend = TTSBackend.from_pretrained(model_dir)
+        base_fingerprint = backend.fingerprint()
         d_vector = backend.speakers.embeddings[i].clone()
         add_target_speaker(backend, d_vector)
         for p in backend.model.parameters():
             p.requires_grad_(False)
         peft_model = wrap_with_lora(backend.model, backend.lora_targets(), rank, 16.0, seed=i)
         config = {"strategy": "lora", "lam": 0.0, "rank": rank, "steps": 0}
-        save_adapter(bank / f"untrained-{i + 1}", peft_model, d_vector, {"config": config, "steps": 0})
+        save_adapter(bank / f"untrained-{i + 1}", peft_model, d_vector, {"config": config, "steps": 0},
+                     base_fingerprint=base_fingerprint, targets=backend.lora_targets())
     return bank
 
 

@@ -357,6 +357,27 @@ def test_clip_at_another_sample_rate_is_resampled_with_a_note(own_target_dir, ba
     assert "resampled" in report and clip.name in report, report
 
 
+def test_clips_below_the_models_rate_or_truncated_are_refused_by_the_cli(own_target_dir, base_model, feature_cache,
+                                                                        tmp_path, capsys):
+    from tts_adapt.cli import main
+    from tts_adapt.data.audio import load_audio, save_audio
+
+    wavs = sorted(own_target_dir.glob("*.wav"))
+    for clip in wavs[:2]:  # the demo refuses such uploads with the same words
+        save_audio(clip, load_audio(clip, 8000)[0], 8000)
+    cut = wavs[2].read_bytes()
+    wavs[2].write_bytes(cut[:len(cut) // 2])  # header unchanged: it still says the full length
+    out = tmp_path / "out"
+    assert main(["adapt", "--target-dir", str(own_target_dir), "--out", str(out), "--model", str(base_model),
+                 "--cache-dir", str(feature_cache), "--steps", "1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "9 usable clip(s), at least 10 are needed" in err
+    for clip in wavs[:2]:
+        assert f"{clip}: recorded at 8000 Hz, below the model's 16000 Hz" in err
+    assert f"{wavs[2]}: truncated: its header says" in err
+    assert not out.exists()
+
+
 def test_curvature_strategy_without_curvature_file_is_an_error(target_dir, base_model, feature_cache, tmp_path):
     with pytest.raises(ValueError, match="--curvature"):
         adapt(target_dir, tmp_path / "out", base_model, _config(strategy="kfac", lam=1.0), cache_dir=feature_cache,
@@ -400,6 +421,108 @@ def test_resume_with_other_settings_is_refused(interrupted_checkpoint, base_mode
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         adapt(target_dir, tmp_path / "empty", base_model, CONFIG, resume=True, cache_dir=feature_cache,
               progress=False)
+
+
+@pytest.mark.slow
+def test_resume_on_other_clips_is_refused_naming_them(interrupted_checkpoint, base_model, own_target_dir,
+                                                      curvature_file, feature_cache, tmp_path):
+    _, checkpoint = interrupted_checkpoint
+    out = tmp_path / "out"
+    shutil.copytree(checkpoint, out / "checkpoint")
+    before = (out / "checkpoint" / STATE_FILE).read_bytes()
+    first = sorted(own_target_dir.glob("*.wav"))[0]
+    (first.with_suffix(".txt")).write_text("Quite another sentence.\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="another target clips"):
+        adapt(own_target_dir, out, base_model, _config(strategy="kfac", lam=1e6), curvature=curvature_file,
+              resume=True, cache_dir=feature_cache, progress=False)
+    assert (out / "checkpoint" / STATE_FILE).read_bytes() == before
+
+
+@pytest.mark.slow
+def test_curvature_of_another_method_is_refused_before_any_work(target_dir, base_model, tiny_corpus, feature_cache,
+                                                                tmp_path):
+    diag = tmp_path / "diag.safetensors"
+    fit_curvature_file(base_model, tiny_corpus, diag, method="diag", num_utterances=4, workers=1,
+                       cache_dir=feature_cache, progress=False)
+    with pytest.raises(ValueError, match=r"diag\.safetensors: a diag curvature file; strategy 'kfac' needs a kfac"):
+        adapt(target_dir, tmp_path / "out", base_model, _config(strategy="kfac", lam=1.0), curvature=diag,
+              progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": float("nan")}, "lr must be a finite number"), ({"lam": float("inf")}, "lam must be a finite number"),
+    ({"lr": 1e9}, "lr must be <= 1"), ({"alpha": 0.0}, "alpha must be > 0"), ({"damping": -1.0}, "damping must be"),
+    ({"lam": -1.0}, "lam must be >= 0"), ({"rank": 0}, "rank must be >= 1")])
+def test_numeric_settings_are_checked_when_made(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**changes)
+
+
+def test_an_unset_lambda_is_the_strategys_documented_default():
+    assert AdaptConfig(strategy="kfac").lam == get_strategy("kfac").default_lam == 1000.0
+    assert AdaptConfig(strategy="l2").lam == 10.0 and AdaptConfig(strategy="lora").lam == 0.0
+
+
+@pytest.fixture
+def diverging_strategy():
+    """A strategy whose loss becomes NaN from step ``start`` on: a run that diverges there."""
+    from tts_adapt.adapt.strategies import STRATEGIES, Strategy, register_strategy
+    from tts_adapt.models.trainer import LossTerm
+
+    class Diverging(Strategy):
+        name = "diverging_test"
+        start = 0
+
+        def loss_terms(self, trainer, batch):
+            bad = float("nan") if trainer.step >= self.start else 0.0
+            return [LossTerm("nan", torch.tensor(bad), 1.0)]
+
+    register_strategy(Diverging)
+    yield Diverging
+    STRATEGIES.pop(Diverging.name)
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_before_any_validation_saves_nothing(diverging_strategy, target_dir, base_model,
+                                                                 feature_cache, tmp_path):
+    from tts_adapt.adapt.train import DivergedError
+
+    out = tmp_path / "out"
+    with pytest.raises(DivergedError, match="non-finite loss at step 0.*so nothing was saved; lower --lr"):
+        adapt(target_dir, out, base_model, _config(strategy="diverging_test"), cache_dir=feature_cache,
+              progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_after_a_validation_keeps_the_best_adapter(diverging_strategy, target_dir, base_model,
+                                                                       feature_cache, tmp_path, caplog):
+    diverging_strategy.start = 3  # validations at step 2 (finite), then NaN from step 3 on
+    out = tmp_path / "out"
+    run = adapt(target_dir, out, base_model, _config(strategy="diverging_test", steps=8), cache_dir=feature_cache,
+                progress=False)
+    assert run["stopped"] == "non-finite loss" and run["steps"] == 3 and run["best_step"] == 2
+    assert "the adapter saved is the best validation's (step 2" in caplog.text
+    json.loads((out / "run.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in run.json"))
+    assert not (out / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_an_adapter_is_refused_on_another_base_model_and_unreadable_files_are_named(runs, base_model, tmp_path):
+    from tts_adapt.adapt.adapter import AdapterFolderError, AdapterMismatchError
+
+    out = runs("lora")
+    other = TTSBackend.from_pretrained(base_model)
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1e-3)
+    with pytest.raises(AdapterMismatchError, match="trained on another base model"):
+        load_adapter(other, out)
+    broken = Path(shutil.copytree(out, tmp_path / "broken"))
+    data = (broken / "adapter_model.safetensors").read_bytes()
+    (broken / "adapter_model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(AdapterFolderError, match="broken: an adapter file is unreadable"):
+        adapted_model(broken, base_model)
 
 
 # --------------------------------------------------------------------------- 6. the command line

@@ -16,6 +16,7 @@ backend, which then speaks the target as its speaker ``target``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.synthesis import default_model_dir
 
+log = logging.getLogger(__name__)
 TARGET_FILE = "target_speaker.safetensors"
 TARGET_NAME = "target"
 RUN_FILE = "run.json"
@@ -37,7 +39,11 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", TARGET_FILE
 
 
 class AdapterFolderError(ValueError):
-    """A folder that is not a complete adapter written by ``tts-adapt adapt``."""
+    """A folder that is not a complete adapter written by ``tts-adapt adapt``, or whose files are unreadable."""
+
+
+class AdapterMismatchError(ValueError):
+    """An adapter put on a base model other than the one it was trained on."""
 
 
 def add_target_speaker(backend: TTSBackend, d_vector: torch.Tensor | None) -> dict[str, list[int]]:
@@ -54,25 +60,34 @@ def target_conditioning(backend: TTSBackend, clips, per_speaker: int = 20) -> to
     return backend.embed_speaker([u.audio_path for u in clips[:per_speaker]])
 
 
-def save_adapter(out: Path, peft_model, d_vector: torch.Tensor | None, card: dict) -> None:
+def save_adapter(out: Path, peft_model, d_vector: torch.Tensor | None, card: dict, *,
+                 base_fingerprint: str = "", targets: list[str] | None = None) -> None:
     """peft adapter files, the target's conditioning and the run record (``card``, written as run.json), each
     written atomically. For a speaker-ID-table model (``d_vector`` None) the conditioning file records the
-    target's table row."""
+    target's table row. The conditioning file also records the base model the adapter belongs to
+    (``base_fingerprint``: :meth:`TTSBackend.fingerprint` before the target was added) and the adapted layers,
+    which every loader checks. A failed write (a full disk) leaves no temporary folder behind."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".saving"
-    peft_model.save_pretrained(str(tmp))
-    for name in ("adapter_config.json", "adapter_model.safetensors"):  # os.replace: atomic per file
-        (tmp / name).replace(out / name)
-    shutil.rmtree(tmp)  # peft also writes a template README.md; the run record is run.json
-    if d_vector is not None:
-        tensors, kind = {"d_vector": d_vector.contiguous()}, "d_vector"
-    else:
-        rows = [i for cfg in peft_model.peft_config.values() for r in (cfg.trainable_token_indices or {}).values()
-                for i in r]
-        tensors, kind = {"speaker_row": torch.tensor(rows, dtype=torch.long)}, "id_table"
-    with atomic_path(out / TARGET_FILE) as t:
-        save_file(tensors, str(t), metadata={"name": TARGET_NAME, "kind": kind})
-    write_json_atomic(out / RUN_FILE, card)
+    try:
+        peft_model.save_pretrained(str(tmp))
+        for name in ("adapter_config.json", "adapter_model.safetensors"):  # os.replace: atomic per file
+            (tmp / name).replace(out / name)
+        if d_vector is not None:
+            tensors, kind = {"d_vector": d_vector.contiguous()}, "d_vector"
+        else:
+            rows = [i for cfg in peft_model.peft_config.values()
+                    for r in (cfg.trainable_token_indices or {}).values() for i in r]
+            tensors, kind = {"speaker_row": torch.tensor(rows, dtype=torch.long)}, "id_table"
+        meta = {"name": TARGET_NAME, "kind": kind, "base_model_fingerprint": base_fingerprint,
+                "targets": json.dumps(sorted(targets or []))}
+        with atomic_path(out / TARGET_FILE) as t:
+            save_file(tensors, str(t), metadata=meta)
+        write_json_atomic(out / RUN_FILE, card)
+    except OSError as err:
+        raise OSError(err.errno, f"{out}: could not write the adapter ({err.strerror or err})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # peft also writes a template README.md; the run record is run.json
 
 
 def is_adapter_folder(folder: str | Path) -> bool:
@@ -91,6 +106,8 @@ class Adapter:
     speaker_rows: tuple[int, ...] = ()
     #: run.json as written by ``tts-adapt adapt`` (empty when absent or unreadable and not required)
     run: dict = field(default_factory=dict, compare=False)
+    #: :meth:`TTSBackend.fingerprint` of the base model it was trained on ("" for adapters that predate it)
+    base_fingerprint: str = ""
 
     @classmethod
     def load(cls, folder: str | Path, *, require_run: bool = False) -> "Adapter":
@@ -101,9 +118,15 @@ class Adapter:
             if not (folder / name).is_file():
                 raise AdapterFolderError(f"{folder}: missing {name} (not an adapter folder written by "
                                          "tts-adapt adapt)")
-        with safe_open(str(folder / TARGET_FILE), "pt") as fh:
-            d_vector = fh.get_tensor("d_vector") if "d_vector" in fh.keys() else None
-            rows = tuple(fh.get_tensor("speaker_row").tolist()) if "speaker_row" in fh.keys() else ()
+        try:
+            with safe_open(str(folder / TARGET_FILE), "pt") as fh:
+                d_vector = fh.get_tensor("d_vector") if "d_vector" in fh.keys() else None
+                rows = tuple(fh.get_tensor("speaker_row").tolist()) if "speaker_row" in fh.keys() else ()
+                meta = fh.metadata() or {}
+            with safe_open(str(folder / "adapter_model.safetensors"), "pt") as fh:
+                fh.keys()
+        except Exception as err:  # safetensors raises its own types for truncated or foreign files
+            raise AdapterFolderError(f"{folder}: an adapter file is unreadable ({err})") from None
         run_path = folder / RUN_FILE
         try:
             run = json.loads(run_path.read_text(encoding="utf-8"))
@@ -116,7 +139,7 @@ class Adapter:
             if require_run:
                 raise AdapterFolderError(f"{run_path}: unreadable ({err})") from err
             run = {}
-        return cls(folder, d_vector, rows, run)
+        return cls(folder, d_vector, rows, run, meta.get("base_model_fingerprint", ""))
 
     @property
     def name(self) -> str:
@@ -131,9 +154,23 @@ class Adapter:
         lam = f", λ = {cfg['lam']:g}" if cfg.get("lam") else ""
         return f"{cfg.get('strategy')}{lam}, rank {cfg.get('rank')}, {self.run.get('steps', '?')} steps"
 
+    def check_base(self, backend: TTSBackend) -> None:
+        """Refuse a base model other than the adapter's own, naming both fingerprints."""
+        if not self.base_fingerprint:
+            log.warning("%s does not record its base model (made by an earlier version); it cannot be checked",
+                        self.path)
+            return
+        theirs = backend.fingerprint()
+        if theirs != self.base_fingerprint:
+            raise AdapterMismatchError(f"{self.path}: the adapter was trained on another base model (fingerprint "
+                                       f"{self.base_fingerprint[:12]}, this model's {theirs[:12]}); load the model "
+                                       f"it was made on ({self.run.get('base_model', 'see its run.json')})")
+
     def apply(self, backend: TTSBackend) -> TTSBackend:
         """Put the adapter on ``backend`` (in place): its LoRA weights via peft's ``PeftModel.from_pretrained``
-        and its target speaker (named ``target``). Returns ``backend``."""
+        and its target speaker (named ``target``), after checking that ``backend`` is the adapter's base
+        model. Returns ``backend``."""
+        self.check_base(backend)
         if (self.d_vector is None) != (backend.speakers.kind == "id_table"):
             raise ValueError(f"{self.path}: an adapter of a "
                              f"{'speaker-ID-table' if self.d_vector is None else 'd-vector'} model cannot go on "
@@ -143,8 +180,11 @@ class Adapter:
         if saved_rows and sum(rows.values(), []) != saved_rows:
             raise ValueError(f"{self.path}: the adapter's speaker row {saved_rows} is not the row the target gets "
                              f"on this model {sum(rows.values(), [])}; was the adapter made on another model?")
-        peft_model = PeftModel.from_pretrained(backend.model, str(self.path), adapter_name="default",
-                                               is_trainable=False)
+        try:
+            peft_model = PeftModel.from_pretrained(backend.model, str(self.path), adapter_name="default",
+                                                   is_trainable=False)
+        except Exception as err:  # peft's own errors (a module the model lacks, a bad file) without the folder
+            raise AdapterFolderError(f"{self.path}: peft could not load the adapter ({err})") from None
         exact_attention_forward(peft_model)  # peft's own attention forward adds out_proj's update twice
         backend.model.eval()
         return backend

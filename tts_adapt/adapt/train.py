@@ -271,8 +271,8 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
         "steps": trainer.step, "stopped": stopped, "best_val_loss": trainer.best_val, "best_step": trainer.best_step,
         "curve": curve.rows, "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
         "trainable_parameters": sum(p.numel() for p in params.values()),
-        "base_model_fingerprint": base_fingerprint,
     }
-    save_adapter(out, strategy.model, d_vec, _finite_or_none(card))
+    save_adapter(out, strategy.model, d_vec, _finite_or_none(card), base_fingerprint=base_fingerprint,
+                 targets=targets)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # also temp files a killed run left behind
     return card
