@@ -369,7 +369,7 @@ def test_clips_below_the_models_rate_or_truncated_are_refused_by_the_cli(own_tar
     wavs[2].write_bytes(cut[:len(cut) // 2])  # header unchanged: it still says the full length
     out = tmp_path / "out"
     assert main(["adapt", "--target-dir", str(own_target_dir), "--out", str(out), "--model", str(base_model),
-                 "--cache-dir", str(feature_cache), "--steps", "1", "-q"]) == 1
+                 "--cache-dir", str(feature_cache), "--strategy", "lora", "--steps", "1", "-q"]) == 1
     err = capsys.readouterr().err
     assert "9 usable clip(s), at least 10 are needed" in err
     for clip in wavs[:2]:

@@ -217,6 +217,22 @@ def test_bad_uploads_are_refused_naming_the_clip(client, bank, tiny_target_clips
     assert _no_staging_left(bank)
 
 
+def test_an_upload_below_the_models_rate_or_truncated_is_refused_as_adapt_refuses_it(tmp_path):
+    from tts_adapt.data.validation import low_sample_rate
+
+    t = np.arange(16000 * 2) / 16000
+    sf.write(tmp_path / "narrow.wav", 0.3 * np.sin(2 * np.pi * 220 * t[::2]), 8000)
+    sf.write(tmp_path / "cut.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    data = (tmp_path / "cut.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:len(data) // 2])
+    clips = [Clip("narrow.wav", tmp_path / "narrow.wav", "Narrow."), Clip("cut.wav", tmp_path / "cut.wav", "Cut.")]
+    with pytest.raises(UploadError) as err:
+        check_clips(clips, 16000, min_clips=1, max_clips=50)
+    lines = str(err.value).splitlines()
+    assert lines[1] == "narrow.wav: " + low_sample_rate(8000, 16000)
+    assert lines[2].startswith("cut.wav: truncated: its header says 2.00 s (32000 frames) but the file holds 1.00 s")
+
+
 def test_check_clips_lists_every_bad_clip(tmp_path):
     t = np.arange(16000) / 16000
     sf.write(tmp_path / "ok.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from tts_adapt.data import readers
-from tts_adapt.data.audio import load_audio
+from tts_adapt.data.audio import AudioError, load_audio, wav_header_frames
 from tts_adapt.data.corpus.build import MANIFEST_FIELDS
 from tts_adapt.data.readers import (
     DATASET_READERS,
@@ -26,7 +26,7 @@ from tts_adapt.data.readers import (
     register_reader,
 )
 from tts_adapt.data.samples import BadInputError, InputReport, Utterance
-from tts_adapt.data.validation import AudioChecks
+from tts_adapt.data.validation import AudioChecks, check_text, speakable
 
 SECONDS = 0.8
 
@@ -310,6 +310,14 @@ class BadCase:
     checks: AudioChecks | None = None
 
 
+def truncated(path: Path, seconds: float = 2.8) -> Path:
+    """A WAV written by soundfile, then cut to half its bytes with its header unchanged (an interrupted copy)."""
+    tone(path, seconds=seconds)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
 def _custom_with(bad_stem: str, *, audio=None, text: str | None = "Hello again."):
     """A custom folder with one good utterance and one bad one."""
     def build(root: Path) -> Path:
@@ -399,6 +407,12 @@ BAD_CASES = [
     BadCase("empty-transcript-ljspeech", _ljspeech_empty_text, "empty transcript", "transcript is empty"),
     BadCase("outside-alphabet", _custom_with("bad", audio=tone, text="héllo ✓"), "characters outside alphabet",
             "'é' '✓'"),
+    BadCase("truncated-wav", _custom_with("bad", audio=truncated), "truncated audio",
+            "truncated: its header says 2.80 s (44800 frames) but the file holds 1.40 s"),
+    BadCase("sample-rate-below-the-model", _custom_with("bad", audio=lambda p: tone(p, sr=8000)),
+            "sample rate too low", "recorded at 8000 Hz, below the model's 16000 Hz"),
+    BadCase("nothing-speakable-punctuation", _custom_with("bad", audio=tone, text="!!! ..."), "nothing speakable",
+            "transcript '!!! ...' has nothing to speak"),
     BadCase("wrong-sample-rate", _custom_with("bad", audio=lambda p: tone(p, sr=22050)), "wrong sample rate",
             "sample rate is 22050 Hz, expected 16000 Hz", AudioChecks(expected_sample_rate=16000)),
     BadCase("wrong-channel-count", _custom_with("bad", audio=lambda p: tone(p, channels=2)), "wrong channel count",
@@ -431,6 +445,38 @@ def test_bad_input_stops_under_error_policy(tmp_path, case):
         read_dataset(root, checks=case.checks, on_bad_input="error")
     assert str(bad) in str(err.value) and case.reason in str(err.value)
     assert "on_bad_input=skip" in str(err.value)
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("\u4f60\u597d\u4e16\u754c", False), ("\U0001f600\U0001f600", False), ("!!! ... --", False), ("\u2014", False),
+    ("\u041f\u0440\u0438\u0432\u0435\u0442", False), ("Hello.", True), ("h\u00e9llo", True), ("42", True),
+    ("\u4f60\u597d OK", True),
+])
+def test_text_with_nothing_speakable_is_refused_whatever_the_alphabet(text, ok):
+    report = InputReport("skip")
+    assert speakable(text) is ok
+    assert check_text(Utterance("/clips/a.wav", text, "target"), report, alphabet=None) is ok
+    if not ok:
+        assert report.skipped[0].category == "nothing speakable"
+        assert report.skipped[0].reason == f"transcript {text!r} has nothing to speak: no Latin letters or digits, " \
+                                           "only other scripts, emoji or punctuation"
+
+
+def test_a_truncated_wav_is_refused_by_every_reader_of_audio(tmp_path):
+    path = truncated(tmp_path / "cut.wav")
+    assert sf.info(str(path)).frames == 22389  # libsndfile quietly reports what is left
+    with pytest.raises(AudioError) as err:
+        load_audio(path, 16000)
+    assert str(err.value) == (f"{path}: truncated: its header says 2.80 s (44800 frames) but the file holds "
+                              "1.40 s (22389 frames)")
+    # a whole file, a FLAC and a WAV whose header a streaming writer left open are read as before
+    assert load_audio(tone(tmp_path / "whole.wav", seconds=2.8), 16000)[0].shape == (44800,)
+    assert load_audio(tone(tmp_path / "whole.flac", seconds=2.8), 16000)[0].shape == (44800,)
+    streamed = tmp_path / "streamed.wav"
+    data = bytearray((tmp_path / "whole.wav").read_bytes())
+    data[40:44] = b"\xff\xff\xff\xff"
+    streamed.write_bytes(bytes(data))
+    assert wav_header_frames(streamed) is None and load_audio(streamed, 16000)[0].shape == (44800,)
 
 
 def test_invalid_policy_is_refused(tmp_path):

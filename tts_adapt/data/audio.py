@@ -19,11 +19,12 @@ import torchaudio
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used, with the file and the reason."""
+    """An audio file that cannot be used, with the file, the reason and a short category for summaries."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str, category: str = "unreadable audio"):
         self.path = str(path)
         self.reason = reason
+        self.category = category
         super().__init__(f"{path}: {reason}")
 
 
@@ -93,6 +94,10 @@ def load_audio(path: str | Path, sample_rate: int, *, mono: bool = True) -> tupl
         raise AudioError(path, f"unreadable audio ({exc})") from None
     if data.shape[0] == 0:
         raise AudioError(path, "audio has no samples")
+    declared = wav_header_frames(path)
+    if declared is not None and data.shape[0] < declared:  # libsndfile silently reads what is there
+        raise AudioError(path, f"truncated: its header says {declared / sr:.2f} s ({declared} frames) but the "
+                               f"file holds {data.shape[0] / sr:.2f} s ({data.shape[0]} frames)", "truncated audio")
     if not np.isfinite(data).all():
         raise AudioError(path, "audio contains NaN or infinite samples")
     if mono and data.shape[1] > 1:
@@ -103,6 +108,39 @@ def load_audio(path: str | Path, sample_rate: int, *, mono: bool = True) -> tupl
         notes.append(f"resampled {sr} Hz to {sample_rate} Hz")
         wav = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(wav)), sr, sample_rate).numpy()
     return np.ascontiguousarray(wav, dtype=np.float32), notes
+
+
+def wav_header_frames(path: str | Path) -> int | None:
+    """Frames a RIFF/RF64 WAV file's header declares (its data chunk's size over the frame size).
+
+    ``None`` for other formats and for the sizes streaming writers leave (0 or 0xFFFFFFFF): libsndfile
+    corrects the frame count of a cut file to what is there, so only the header tells that data is missing.
+    """
+    try:
+        with open(path, "rb") as f:
+            riff = f.read(12)
+            if len(riff) < 12 or riff[:4] not in (b"RIFF", b"RF64") or riff[8:12] != b"WAVE":
+                return None
+            block_align, data_size, ds64_data_size = None, None, None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                chunk, size = head[:4], int.from_bytes(head[4:], "little")
+                if chunk == b"data":
+                    data_size = ds64_data_size if riff[:4] == b"RF64" else size
+                    break
+                body = f.read(size) if chunk in (b"ds64", b"fmt ") else b""
+                if chunk == b"ds64" and len(body) >= 16:  # RF64: the real sizes, 64-bit (riff, data, ...)
+                    ds64_data_size = int.from_bytes(body[8:16], "little")
+                elif chunk == b"fmt " and len(body) >= 14:
+                    block_align = int.from_bytes(body[12:14], "little")
+                f.seek(size - len(body) + (size & 1), 1)  # chunks are padded to an even length
+    except OSError:
+        return None
+    if not block_align or not data_size or data_size == 0xFFFFFFFF:
+        return None
+    return data_size // block_align
 
 
 def save_audio(path: str | Path, wav: np.ndarray | torch.Tensor, sample_rate: int) -> None:

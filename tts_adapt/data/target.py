@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tts_adapt.config import check_fields
 from tts_adapt.data.samples import Utterance
 
 TARGET_INFO = "target.json"
@@ -34,11 +35,12 @@ class TargetConfig:
 
     speaker: str = field(default="", metadata={"help": "Dataset speaker to clone, e.g. p248 (the embedded "
                                                         "corpus: its target speaker)."})
-    clips: int = field(default=20, metadata={"help": "Adaptation clips."})
-    heldout: int = field(default=8, metadata={"help": "Held-out clips (learning is measured on them)."})
+    clips: int = field(default=20, metadata={"range": ">= 1", "help": "Adaptation clips."})
+    heldout: int = field(default=8, metadata={"range": ">= 1", "help": "Held-out clips (learning is measured on them)."})
     seed: int = field(default=0, metadata={"help": "Seed of the split (datasets without one)."})
 
     def __post_init__(self):
+        check_fields(self)
         object.__setattr__(self, "speaker", str(self.speaker))  # YAML reads LibriTTS's 1089 as a number
         for name in ("clips", "heldout"):
             if getattr(self, name) < 1:
@@ -127,13 +129,27 @@ def _write_clips(utts: list[Utterance], folder: Path, sample_rate: int | None) -
         (folder / f"{stem}.txt").write_text(u.text + "\n", encoding="utf-8")
 
 
+def _refuse_low_rates(utts: list[Utterance], sample_rate: int) -> None:
+    """The rule tts-adapt adapt and the demo apply (:func:`~tts_adapt.data.validation.low_sample_rate`)."""
+    import soundfile as sf
+
+    from tts_adapt.data.audio import AudioError
+    from tts_adapt.data.validation import low_sample_rate
+
+    for u in utts:
+        too_low = low_sample_rate(sf.info(u.audio_path).samplerate, sample_rate)
+        if too_low:
+            raise AudioError(u.audio_path, too_low, "sample rate too low")
+
+
 def prepare_target(data: str | Path, speaker: str, out: str | Path, *, clips: int = 20, heldout: int = 8,
                    layout: str = "auto", seed: int = 0, sample_rate: int | None = None,
                    utterances: list[Utterance] | None = None) -> PreparedTarget:
     """Write ``speaker``'s adaptation and held-out clips of dataset ``data`` into ``out`` (idempotent).
 
     ``utterances`` skips reading the dataset again when the caller has it.
-    ``sample_rate`` resamples (default: keep wav files as they are, decode others at their own rate).
+    ``sample_rate`` resamples (default: keep wav files as they are, decode others at their own rate); a
+    clip below it is refused (:func:`~tts_adapt.data.validation.low_sample_rate`), naming the file.
     """
     # imported on use: the CLI reads TargetConfig from this module at start-up
     from tts_adapt.data.readers import read_dataset
@@ -143,6 +159,8 @@ def prepare_target(data: str | Path, speaker: str, out: str | Path, *, clips: in
     if utterances is None:
         utterances, _ = read_dataset(data, layout, validate_audio=False)
     train, held = split_speaker(utterances, speaker, clips, heldout, seed)
+    if sample_rate is not None:  # before anything is written
+        _refuse_low_rates(train + held, sample_rate)
     clips_dir, heldout_dir = out / "clips", out / "heldout"
     _write_clips(train, clips_dir, sample_rate)
     _write_clips(held, heldout_dir, sample_rate)

@@ -7,7 +7,9 @@ skipping (default) and stopping.
 
 from __future__ import annotations
 
+import logging
 import string
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,36 @@ from tts_adapt.data.audio import AudioError, load_audio, rms_dbfs
 from tts_adapt.data.samples import InputReport, Utterance
 from tts_adapt.parallel import process_pool
 
+log = logging.getLogger(__name__)
+
 #: Characters an English grapheme front end accepts before phonemisation.
 ENGLISH_ALPHABET = frozenset(string.ascii_letters + string.digits + " .,;:!?'\"-()")
+
+
+def low_sample_rate(file_rate: int, model_rate: int) -> str | None:
+    """Why a clip recorded at ``file_rate`` Hz cannot be used for a model at ``model_rate`` Hz, or None.
+
+    The one rule for the CLI, the Python API and the demo: a clip below the model's rate is refused rather
+    than upsampled. Upsampling adds no frequencies, so the model would learn the voice as a band-limited
+    (muffled) one, and a note in a run's record is read too late to matter.
+    """
+    if file_rate >= model_rate:
+        return None
+    return (f"recorded at {file_rate} Hz, below the model's {model_rate} Hz "
+            "(upsampling cannot restore the missing frequencies)")
+
+
+def speakable(text: str) -> bool:
+    """Whether ``text`` has something the models' front ends can speak: a Latin letter (accents allowed)
+    or a digit. espeak-ng reads other scripts and emoji by name ("Chinese letter", "grinning face") and
+    drops punctuation, so text without either gives no speech or the wrong speech."""
+    return any(c.isdigit() or ("a" <= c.lower() <= "z")
+               for c in unicodedata.normalize("NFKD", text) if c.isascii())
+
+
+def unspeakable_reason(text: str) -> str:
+    """The end of a message about ``text`` that :func:`speakable` refuses (the text, shortened, and why)."""
+    return f"{text[:60]!r} has nothing to speak: no Latin letters or digits, only other scripts, emoji or punctuation"
 
 
 @dataclass(frozen=True)
@@ -30,7 +60,10 @@ class AudioChecks:
 
     ``expected_sample_rate`` / ``expected_channels``: when set, a file that
     differs is bad input (a dataset whose files should all be alike); when
-    ``None``, any rate or channel count is accepted and converted with a note.
+    ``None``, any channel count and any rate from ``sample_rate`` up are accepted
+    and converted with a note. A file below ``sample_rate`` is bad input
+    (:func:`low_sample_rate`) unless ``allow_upsampling``, which upsamples it with a
+    logged warning (reference clips, which only give a speaker embedding).
     """
 
     sample_rate: int = 16000
@@ -39,10 +72,11 @@ class AudioChecks:
     min_duration: float = 0.3
     max_duration: float = 30.0
     silence_dbfs: float = -60.0
+    allow_upsampling: bool = False
 
 
 def check_text(utt: Utterance, report: InputReport, alphabet: frozenset[str] | None = ENGLISH_ALPHABET) -> bool:
-    """Transcript checks: present, not empty, only characters of ``alphabet``."""
+    """Transcript checks: present, not empty, only characters of ``alphabet``, something speakable."""
     text = utt.text.strip()
     if not text:
         report.bad(utt.audio_path, "transcript is empty", "empty transcript")
@@ -57,6 +91,9 @@ def check_text(utt: Utterance, report: InputReport, alphabet: frozenset[str] | N
                 "characters outside alphabet",
             )
             return False
+    if not speakable(text):
+        report.bad(utt.audio_path, f"transcript {unspeakable_reason(text)}", "nothing speakable")
+        return False
     return True
 
 
@@ -82,10 +119,16 @@ def check_audio(utt: Utterance, report: InputReport, checks: AudioChecks) -> Utt
     if checks.expected_channels is not None and info.channels != checks.expected_channels:
         report.bad(path, f"has {info.channels} channels, expected {checks.expected_channels}", "wrong channel count")
         return None
+    too_low = low_sample_rate(info.samplerate, checks.sample_rate)
+    if too_low and not checks.allow_upsampling:
+        report.bad(path, too_low, "sample rate too low")
+        return None
+    if too_low:
+        log.warning("%s: upsampling %d Hz to %d Hz", path, info.samplerate, checks.sample_rate)
     try:
         wav, notes = load_audio(path, checks.sample_rate)
     except AudioError as err:
-        report.bad(path, err.reason, "unreadable audio")
+        report.bad(path, err.reason, err.category)
         return None
     for n in notes:
         report.note(path, n, "resampled" if "resampled" in n else "down-mixed")

@@ -88,8 +88,8 @@ def check_clips(clips: list[Clip], sample_rate: int, *, min_clips: int, max_clip
                 max_file_mb: float = MAX_FILE_MB) -> list[Clip]:
     """The clips, if all are usable: a supported audio file within the size limit, a transcript in the
     model's alphabet, 0.5-20 s, not silent, mono or stereo, recorded at least at the model's
-    ``sample_rate``; between ``min_clips`` and ``max_clips`` of them. Otherwise :class:`UploadError`
-    listing every bad clip."""
+    ``sample_rate`` (:func:`~tts_adapt.data.validation.low_sample_rate`, the rule of tts-adapt adapt);
+    between ``min_clips`` and ``max_clips`` of them. Otherwise :class:`UploadError` listing every bad clip."""
     if len(clips) < min_clips:
         raise UploadError(f"{len(clips)} clip(s) given; at least {min_clips} with transcripts are needed")
     if len(clips) > max_clips:
@@ -99,7 +99,7 @@ def check_clips(clips: list[Clip], sample_rate: int, *, min_clips: int, max_clip
     problems += [f"{n}: uploaded twice" for n in sorted({n for n in names if names.count(n) > 1})]
     checks = AudioChecks(sample_rate=sample_rate, min_duration=MIN_SECONDS, max_duration=MAX_SECONDS)
     for clip in clips:
-        reason = _clip_problem(clip, sample_rate, checks, max_file_mb)
+        reason = _clip_problem(clip, checks, max_file_mb)
         if reason:
             problems.append(f"{clip.name}: {reason}")
     if problems:
@@ -107,7 +107,7 @@ def check_clips(clips: list[Clip], sample_rate: int, *, min_clips: int, max_clip
     return clips
 
 
-def _clip_problem(clip: Clip, sample_rate: int, checks: AudioChecks, max_file_mb: float) -> str | None:
+def _clip_problem(clip: Clip, checks: AudioChecks, max_file_mb: float) -> str | None:
     if not clip.path.is_file():
         return "the file is missing (upload it again)"
     size_mb = clip.path.stat().st_size / 1e6
@@ -122,10 +122,7 @@ def _clip_problem(clip: Clip, sample_rate: int, checks: AudioChecks, max_file_mb
     info = sf.info(str(clip.path))
     if info.channels > MAX_CHANNELS:
         return f"has {info.channels} channels; upload mono or stereo clips"
-    if info.samplerate < sample_rate:
-        return (f"recorded at {info.samplerate} Hz, below the model's {sample_rate} Hz "
-                "(upsampling cannot restore the missing frequencies)")
-    return None
+    return None  # a clip below the model's sample rate is refused by check_audio, as tts-adapt adapt does
 
 
 def write_target_folder(clips: list[Clip], folder: Path, sample_rate: int) -> Path:
@@ -148,7 +145,9 @@ def check_reference(path: str | Path | None, sample_rate: int, max_file_mb: floa
     if path.is_file() and path.stat().st_size / 1e6 > max_file_mb:
         raise UploadError(f"reference clip {path.name}: more than the {max_file_mb:g} MB allowed")
     report = InputReport("skip")
+    # a reference only gives a speaker embedding, so a low rate is upsampled (as tts-adapt synthesize does)
     if check_audio(Utterance(str(path), "", "reference"), report,
-                   AudioChecks(sample_rate=sample_rate, min_duration=1.0, max_duration=60.0)) is None:
+                   AudioChecks(sample_rate=sample_rate, min_duration=1.0, max_duration=60.0,
+                               allow_upsampling=True)) is None:
         raise UploadError(f"reference clip {path.name}: {report.skipped[-1].reason}")
     return path

@@ -44,7 +44,8 @@ def reference_d_vector(wavs: Sequence[str | Path], sample_rate: int, backend: TT
     if not wavs:
         raise ValueError("no reference audio given")
     report = InputReport("error")
-    checks = AudioChecks(sample_rate=sample_rate, min_duration=MIN_REFERENCE_SECONDS)
+    # a reference only gives a speaker embedding: a clip below the model's rate is upsampled with a warning
+    checks = AudioChecks(sample_rate=sample_rate, min_duration=MIN_REFERENCE_SECONDS, allow_upsampling=True)
     for w in wavs:
         check_audio(Utterance(str(w), "", "reference"), report, checks)
     if backend is not None:
