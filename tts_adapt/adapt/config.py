@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from tts_adapt.config import check_fields
+
 MIN_CLIPS, MAX_CLIPS = 10, 50  # target clips an adaptation accepts by default (fewest) and uses (most)
 
 
@@ -36,7 +38,6 @@ class AdaptConfig:
     def __post_init__(self):
         # imported here, not at the top, so that the CLI reads this module without importing PyTorch
         from tts_adapt.adapt.strategies import get_strategy
-        from tts_adapt.config import check_fields
 
         strategy = get_strategy(self.strategy)  # an unknown name is an error listing the registered ones
         check_fields(self)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tts_adapt.config import check_fields
+
 
 class CurvatureMethod(str, Enum):
     KFAC = "kfac"
@@ -28,11 +30,12 @@ class CurvatureConfig:
     method: str = field(default="kfac", metadata={"help": "kfac, ekfac or diag."})
     fisher: str = field(default="empirical", metadata={"help": "Gradients from real targets (empirical) or from "
                                                                  "targets sampled from the model (mc)."})
-    num_utterances: int = field(default=1000, metadata={"help": "Pretraining utterances to fit on."})
-    batch_size: int = field(default=8, metadata={"help": "Utterances per batch."})
+    num_utterances: int = field(default=1000, metadata={"range": ">= 1", "help": "Pretraining utterances to fit on."})
+    batch_size: int = field(default=8, metadata={"range": ">= 1", "help": "Utterances per batch."})
     seed: int = field(default=0, metadata={"help": "Seed of the utterance sample and of MC targets."})
 
     def __post_init__(self):
+        check_fields(self)
         if self.method not in CURVATURE_METHODS:
             raise ValueError(f"unknown curvature method {self.method!r}; valid: {', '.join(CURVATURE_METHODS)}")
         if self.fisher not in FISHER_TYPES:

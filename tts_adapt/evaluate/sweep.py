@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tts_adapt.config import check_fields
 from tts_adapt.data.corpus.manifest import choose_target
 
 PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
@@ -42,18 +43,19 @@ class SweepConfig:
                                         metadata={"help": "Strategies, comma-separated."})
     lams: tuple[float, ...] = field(default=(1000.0, 3000.0, 10000.0),
                                     metadata={"help": "Penalty strengths λ, comma-separated (not used by lora)."})
-    clips: int = field(default=20, metadata={"help": "Target clips to adapt on (embedded default)."})
-    heldout: int = field(default=8, metadata={"help": "Held-out target clips to measure learning on."})
-    steps: int = field(default=200, metadata={"help": "Adaptation steps per cell."})
-    rank: int = field(default=8, metadata={"help": "LoRA rank."})
-    lr: float = field(default=2e-3, metadata={"help": "Adaptation learning rate."})
-    curvature_utterances: int = field(default=400, metadata={"help": "Pretraining utterances for the curvature."})
-    old_speakers: int = field(default=8, metadata={"help": "Old (pretraining) speakers to measure forgetting on."})
-    unseen_speakers: int = field(default=6, metadata={"help": "Unseen voices (zero-shot) to measure forgetting on."})
-    per_speaker: int = field(default=2, metadata={"help": "Held-out utterances per old / unseen speaker."})
+    clips: int = field(default=20, metadata={"range": ">= 1", "help": "Target clips to adapt on (embedded default)."})
+    heldout: int = field(default=8, metadata={"range": ">= 1", "help": "Held-out target clips to measure learning on."})
+    steps: int = field(default=200, metadata={"range": ">= 1", "help": "Adaptation steps per cell."})
+    rank: int = field(default=8, metadata={"range": ">= 1", "help": "LoRA rank."})
+    lr: float = field(default=2e-3, metadata={"range": "> 0, <= 1", "help": "Adaptation learning rate."})
+    curvature_utterances: int = field(default=400, metadata={"range": ">= 1", "help": "Pretraining utterances for the curvature."})
+    old_speakers: int = field(default=8, metadata={"range": ">= 0", "help": "Old (pretraining) speakers to measure forgetting on."})
+    unseen_speakers: int = field(default=6, metadata={"range": ">= 0", "help": "Unseen voices (zero-shot) to measure forgetting on."})
+    per_speaker: int = field(default=2, metadata={"range": ">= 1", "help": "Held-out utterances per old / unseen speaker."})
     seed: int = field(default=0, metadata={"help": "Seed of adaptation and of the curvature sample."})
 
     def __post_init__(self):
+        check_fields(self)
         # imported here so that the CLI reads this config without importing PyTorch
         from tts_adapt.adapt.strategies import get_strategy
 
@@ -113,10 +115,10 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     """
     from tts_adapt.adapt.config import AdaptConfig
     from tts_adapt.adapt.strategies import get_strategy
+    from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.data.target import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.learning import RealAudio
-    from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
 

@@ -8,6 +8,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from tts_adapt.config import check_fields
+
 SPEAKER_SETS = ("pretrain", "unseen", "target")
 
 
@@ -22,22 +24,23 @@ class CorpusText(str, enum.Enum):
 class CorpusConfig:
     """What to build. The same configuration always gives the same corpus."""
 
-    speakers: int = field(default=64, metadata={"help": "Number of speakers in all sets."})
-    utterances: int = field(default=60, metadata={"help": "Utterances per speaker, parallel ones included."})
-    sample_rate: int = field(default=16000, metadata={"help": "Output sampling rate, Hz."})
+    speakers: int = field(default=64, metadata={"range": ">= 1", "help": "Number of speakers in all sets."})
+    utterances: int = field(default=60, metadata={"range": ">= 1", "help": "Utterances per speaker, parallel ones included."})
+    sample_rate: int = field(default=16000, metadata={"range": ">= 8000, <= 48000", "help": "Output sampling rate, Hz."})
     seed: int = field(default=0, metadata={"help": "Seed for speakers, prompts and assignments."})
-    prompts: int = field(default=600, metadata={"help": "Size of the prompt set the speakers draw from."})
-    parallel: int = field(default=5, metadata={"help": "Sentences read by every speaker (held out)."})
-    heldout: int = field(default=3, metadata={"help": "Further held-out utterances per speaker."})
-    unseen_speakers: int = field(default=6, metadata={"help": "Speakers never used for pretraining."})
-    target_speakers: int = field(default=3, metadata={"help": "Speakers held out for adaptation."})
-    loudness_lufs: float = field(default=-23.0, metadata={"help": "Target loudness (ITU-R BS.1770)."})
+    prompts: int = field(default=600, metadata={"range": ">= 1", "help": "Size of the prompt set the speakers draw from."})
+    parallel: int = field(default=5, metadata={"range": ">= 0", "help": "Sentences read by every speaker (held out)."})
+    heldout: int = field(default=3, metadata={"range": ">= 0", "help": "Further held-out utterances per speaker."})
+    unseen_speakers: int = field(default=6, metadata={"range": ">= 0", "help": "Speakers never used for pretraining."})
+    target_speakers: int = field(default=3, metadata={"range": ">= 0", "help": "Speakers held out for adaptation."})
+    loudness_lufs: float = field(default=-23.0, metadata={"range": ">= -70, <= 0", "help": "Target loudness (ITU-R BS.1770)."})
     text: str = field(default="templates", metadata={
         "help": "Sentences: 'templates' (a few hundred sentences from a small grammar, shared by the speakers) "
                 "or 'diverse' (thousands of WordNet example sentences chosen for diphone coverage, each read "
                 "by one speaker; needs prompts >= parallel + speakers x (utterances - parallel))."})
 
     def __post_init__(self):
+        check_fields(self)
         try:
             object.__setattr__(self, "text", CorpusText(self.text).value)
         except ValueError:
