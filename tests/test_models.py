@@ -6,6 +6,7 @@ Written as peft writes its tuner tests: a table of tiny model configurations
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -221,6 +222,44 @@ def test_unknown_speaker_is_named(backend):
 def test_empty_text_is_an_error(backend, text):
     with pytest.raises(ValueError, match="empty"):
         backend.synthesize_mel(text, speaker="alice")
+
+
+NOTHING_SPEAKABLE = {"chinese": "\u4f60\u597d\u4e16\u754c", "emoji": "\U0001f600\U0001f389",
+                     "punctuation": "!!! ... ?"}
+
+
+@pytest.mark.parametrize("text", NOTHING_SPEAKABLE.values(), ids=NOTHING_SPEAKABLE.keys())
+def test_text_with_nothing_speakable_is_an_error_naming_it(backend, text):
+    """espeak-ng would read such text out as "Chinese letter" or "grinning face"."""
+    message = re.escape(f"text {text!r} has nothing to speak: no Latin letters or digits")
+    with pytest.raises(ValueError, match=message):
+        backend.synthesize_mel(text, speaker="alice")
+    with pytest.raises(ValueError, match=message):
+        Synthesizer(backend).speak(text, speaker="alice")
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, 0.1, 5.0, float("nan"), float("inf")])
+def test_length_scale_outside_its_range_is_an_error(backend, value):
+    with pytest.raises(ValueError, match=r"length_scale must be a number from 0.25 to 4 \(>1 slower\), got "):
+        Synthesizer(backend).speak(TEXT, speaker="alice", length_scale=value)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--text", NOTHING_SPEAKABLE["chinese"]],
+     (f"text {NOTHING_SPEAKABLE['chinese']!r} has nothing to speak: no Latin letters or digits, only other scripts, "
+      "emoji or punctuation")),
+    (["--text", NOTHING_SPEAKABLE["emoji"]], f"text {NOTHING_SPEAKABLE['emoji']!r} has nothing to speak"),
+    (["--text", TEXT, "--length-scale", "0"], "--length-scale must be a number from 0.25 to 4 (>1 slower), got 0.0"),
+    (["--text", TEXT, "--length-scale", "nan"], "--length-scale must be a number from 0.25 to 4 (>1 slower), got nan"),
+])
+def test_synthesize_refuses_unspeakable_text_and_length_scale_with_one_line(tmp_path, capsys, flags, message):
+    from tts_adapt.cli import main
+
+    out = tmp_path / "out.wav"
+    assert main(["synthesize", *flags, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tts-adapt synthesize: error: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("missing", [CONFIG_FILE, CHECKPOINT_FILE, META_FILE, SPEAKERS_FILE])

@@ -114,8 +114,12 @@ def cmd_pretrain(args) -> int:
 def cmd_synthesize(args) -> int:
     from tts_adapt.adapt.adapter import adapted_model
     from tts_adapt.data.audio import save_audio
-    from tts_adapt.models.synthesis import Synthesizer
+    from tts_adapt.models.synthesis import Synthesizer, check_length_scale, sentences_to_speak
 
+    if not args.list_speakers:  # before the model is loaded
+        check_length_scale(args.length_scale, "--length-scale")
+        if args.text is not None:
+            sentences_to_speak(args.text)
     model = args.model if args.adapter is None else adapted_model(args.adapter, args.model)
     synth = Synthesizer(model, vocoder=args.vocoder)
     if args.list_speakers:
@@ -333,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, default=None,
                    help="adapter folder from tts-adapt adapt; its voice is the speaker 'target' (the default)")
     p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
-    p.add_argument("--length-scale", type=float, default=1.0, help="speaking-rate factor, >1 slower (default: 1)")
+    p.add_argument("--length-scale", type=float, default=1.0,
+                   help="speaking-rate factor from 0.25 to 4, >1 slower (default: 1)")
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
     p.set_defaults(func=cmd_synthesize)
 

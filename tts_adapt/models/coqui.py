@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from tts_adapt.data.audio import AudioConfig
+from tts_adapt.data.validation import speakable, unspeakable_reason
 from tts_adapt.models.base import CONFIG_FILE, Batch, TTSBackend
 from tts_adapt.models.features import FeatureStats
 from tts_adapt.models.speakers import SpeakerTable
@@ -119,9 +120,12 @@ class CoquiBackend(TTSBackend):
         return self.speakers.conditioning([speaker])
 
     def text_ids_tensor(self, text: str) -> torch.Tensor:
-        """Token ids ``(1, T)`` of one sentence; empty text or text without known tokens is an error."""
+        """Token ids ``(1, T)`` of one sentence; empty text, text with nothing speakable (which espeak-ng
+        would read out as "Chinese letter" or "grinning face") or without known tokens is an error."""
         if not text or not text.strip():
             raise ValueError("text is empty: nothing to synthesise")
+        if not speakable(text):
+            raise ValueError(f"text {unspeakable_reason(text)}")
         ids = self.text_to_ids(text)
         if not ids:
             raise ValueError(f"text {text!r} gives no tokens the model knows")

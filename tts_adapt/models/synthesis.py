@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from tts_adapt.data.audio import LogMel, load_audio
 from tts_adapt.data.samples import InputReport, Utterance
 from tts_adapt.data.speaker_encoder import SpeakerEncoder
-from tts_adapt.data.validation import AudioChecks, check_audio
+from tts_adapt.data.validation import AudioChecks, check_audio, speakable, unspeakable_reason
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.features import extract_f0
 from tts_adapt.models.vocoder import make_vocoder
@@ -20,6 +21,8 @@ from tts_adapt.models.vocoder import make_vocoder
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "pretrained" / "base"
 PAUSE_SECONDS = 0.25
 MIN_REFERENCE_SECONDS = 1.0
+#: Speaking-rate factors accepted: beyond 4x either way speech is no longer intelligible (0 gives no speech).
+LENGTH_SCALE_RANGE = (0.25, 4.0)
 
 
 def default_model_dir() -> Path:
@@ -27,6 +30,25 @@ def default_model_dir() -> Path:
         raise FileNotFoundError(f"the shipped base model is missing from {DEFAULT_MODEL}; "
                                 "pass --model DIR with a model folder")
     return DEFAULT_MODEL
+
+
+def check_length_scale(value: float, name: str = "length_scale") -> float:
+    """``value`` if it is a finite speaking-rate factor within :data:`LENGTH_SCALE_RANGE`, else a
+    ValueError naming ``name`` (the flag or argument it came from)."""
+    low, high = LENGTH_SCALE_RANGE
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g} (>1 slower), got {value!r}")
+    return float(value)
+
+
+def sentences_to_speak(text: str) -> list[str]:
+    """:func:`split_sentences` of ``text``; empty text or text with nothing speakable is an error naming it."""
+    sentences = split_sentences(text or "")
+    if not sentences:
+        raise ValueError("text is empty: nothing to synthesise")
+    if not speakable(text):
+        raise ValueError(f"text {unspeakable_reason(text)}")
+    return sentences
 
 
 def split_sentences(text: str) -> list[str]:
@@ -81,9 +103,8 @@ class Synthesizer:
     def mel_f0(self, text: str, speaker: str | None = None, d_vector: torch.Tensor | None = None,
                length_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`mel` and the model's F0 contour ``(frames,)`` in Hz (None for a model without pitch)."""
-        sentences = split_sentences(text)
-        if not sentences:
-            raise ValueError("text is empty: nothing to synthesise")
+        check_length_scale(length_scale)
+        sentences = sentences_to_speak(text)
         frames = int(PAUSE_SECONDS * self.sample_rate / self.backend.audio.hop_length)
         pause = torch.full((self.backend.audio.n_mels, frames), float(np.log(self.backend.audio.log_floor)))
         mels, f0s = [], []
@@ -112,6 +133,8 @@ class Synthesizer:
               length_scale: float = 1.0, d_vector: torch.Tensor | None = None) -> np.ndarray:
         """Waveform ``(samples,)`` float32 at :attr:`sample_rate`, in the voice of ``speaker`` (a name), of
         ``speaker_wavs`` (reference clips, zero-shot) or of a precomputed ``d_vector``."""
+        check_length_scale(length_scale)
+        sentences = sentences_to_speak(text)  # before the references are embedded
         if speaker_wavs:
             d_vector = reference_d_vector(speaker_wavs, self.sample_rate, self.backend)
         if d_vector is None and speaker is None:  # an adapter's own voice, else the first speaker
@@ -119,9 +142,6 @@ class Synthesizer:
             speaker = "target" if "target" in names else names[0]
         speaker = None if d_vector is not None else speaker
         if self.backend.produces_waveform:
-            sentences = split_sentences(text)
-            if not sentences:
-                raise ValueError("text is empty: nothing to synthesise")
             pause = torch.zeros(int(PAUSE_SECONDS * self.sample_rate))
             parts = []
             for i, s in enumerate(sentences):
