@@ -307,6 +307,59 @@ def test_zoo_folder_missing_its_checkpoint_or_config(case, zoo_folder, tmp_path)
         TTSBackend.from_pretrained(folder)
 
 
+class _RunsCode:
+    """An object whose unpickling runs code: it writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_pitch_statistics_load_without_running_code(tmp_path):
+    from types import SimpleNamespace
+
+    from tts_adapt.models.zoo_fastpitch import CoquiFastPitchBackend, read_pitch_stats
+
+    # as coqui's F0Dataset writes them: np.save of a dict of numpy numbers (pickled)
+    np.save(tmp_path / "coqui.npy", {"mean": np.float64(142.5), "std": np.float32(38.0)}, allow_pickle=True)
+    assert read_pitch_stats(tmp_path / "coqui.npy") == (142.5, 38.0)
+    np.save(tmp_path / "plain.npy", np.array([120.0, 30.0]))
+    assert read_pitch_stats(tmp_path / "plain.npy") == (120.0, 30.0)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    np.save(folder / "pitch_stats.npy", {"mean": 142.5, "std": 38.0}, allow_pickle=True)
+    stats = CoquiFastPitchBackend.zoo_stats(folder, SimpleNamespace(audio=SimpleNamespace(num_mels=80)))
+    assert (stats.f0_mean, stats.f0_std) == (142.5, 38.0)
+
+    marker = tmp_path / "ran.txt"
+    np.save(tmp_path / "evil.npy", {"mean": _RunsCode(marker), "std": 1.0}, allow_pickle=True)
+    with pytest.raises(ModelFolderError, match=r"evil\.npy: not coqui's F0 statistics \(unreadable: it names "
+                                               r".*write_text, which could run code\)"):
+        read_pitch_stats(tmp_path / "evil.npy")
+    assert not marker.exists()
+    for name, value in (("words", np.array(["a", "b"])), ("nan", np.array([np.nan, 1.0])),
+                        ("keys", {"mu": 1.0, "sigma": 2.0})):
+        np.save(tmp_path / f"{name}.npy", value, allow_pickle=True)
+        with pytest.raises(ModelFolderError, match=rf"{name}\.npy: not coqui's F0 statistics"):
+            read_pitch_stats(tmp_path / f"{name}.npy")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    from tts_adapt.models.zoo import load_coqui_weights
+
+    model = nn.Linear(2, 2)
+    marker = tmp_path / "ran.txt"
+    torch.save({"model": model.state_dict(), "extra": _RunsCode(marker)}, tmp_path / "model_file.pth")
+    with pytest.raises(ModelFolderError, match=r"model_file\.pth: cannot be read as a coqui-tts checkpoint"):
+        load_coqui_weights(model, tmp_path / "model_file.pth", tmp_path / "config.json")
+    assert not marker.exists()
+    torch.save({"model": model.state_dict(), "config": {"audio": {"sample_rate": 22050}}, "step": 3},
+               tmp_path / "fine.pth")
+    load_coqui_weights(nn.Linear(2, 2), tmp_path / "fine.pth", tmp_path / "config.json")
+
+
 def test_zoo_names():
     assert is_zoo_name("tts_models/en/vctk/vits") and is_zoo_name("vocoder_models/en/vctk/hifigan_v2", "vocoder_models")
     assert not is_zoo_name("work/base_model") and not is_zoo_name("tts_models/en/vctk")

@@ -144,6 +144,8 @@ class HifiganVocoder:
         from TTS.utils.audio import AudioProcessor
 
         self.model = setup_model(config)
+        # coqui's loader reads with weights_only=True under torch >= 2.4 (trainer.io.load_fsspec; torch is pinned
+        # to 2.11), so a checkpoint from elsewhere cannot run code
         self.model.load_checkpoint(config, str(ckpts[0]), eval=True)
         self.ap = AudioProcessor(**config.audio)
         self.audio = audio

@@ -181,16 +181,15 @@ def load_zoo_folder(folder: Path):
 
 
 def load_coqui_weights(model: torch.nn.Module, checkpoint: Path, config_path: Path) -> None:
-    """A coqui checkpoint (``{"model": state_dict, ...}``, read by coqui's own loader) into ``model``.
+    """A coqui checkpoint (``{"model": state_dict, ...}``) into ``model``, read with ``weights_only`` (tensors
+    and plain containers: a checkpoint from elsewhere cannot run code).
 
     The speaker encoder's weights live in their own file (coqui drops them from the model's state
     too), and a discriminator the model was built without is left out.
     """
-    from trainer.io import load_fsspec
-
     try:
-        state = load_fsspec(str(checkpoint), map_location=torch.device("cpu"))
-    except Exception as err:  # a truncated download, a file that is not a checkpoint
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated download, a file that is not a checkpoint, or one that would run code
         raise ModelFolderError(f"{checkpoint}: cannot be read as a coqui-tts checkpoint ({err})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ModelFolderError(f"{checkpoint}: not a coqui-tts checkpoint (no 'model' state dict)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import math
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tts_adapt.models.base import register_backend
+from tts_adapt.models.base import ModelFolderError, register_backend
 from tts_adapt.models.fastpitch import FastPitchBackend
 from tts_adapt.models.features import FeatureExtractor, FeatureStats
 from tts_adapt.models.zoo import ZooBackend, identity_stats
@@ -20,6 +23,66 @@ PITCH_STATS_FILE = "pitch_stats.npy"
 #: Used when a zoo folder has no pitch_stats.npy: mean and spread of voiced F0 over a mixed-gender
 #: English corpus; the pitch predictor's targets are then shifted by the difference to the real ones.
 FALLBACK_F0_MEAN, FALLBACK_F0_STD = 150.0, 55.0
+
+
+#: What a pickled numpy array of numbers may name: numpy's array rebuilding and its number types, nothing
+#: that runs code (a model folder from elsewhere is untrusted).
+NUMPY_PICKLE_GLOBALS = {
+    (module, name): obj
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name, obj in (("_reconstruct", np._core.multiarray._reconstruct), ("scalar", np._core.multiarray.scalar))
+} | {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in NUMPY_PICKLE_GLOBALS:
+            return NUMPY_PICKLE_GLOBALS[(module, name)]
+        if module in ("numpy", "numpy.dtypes") and name.endswith("DType"):  # numpy 2's dtype classes
+            return getattr(np.dtypes, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which could run code")
+
+
+def read_pitch_stats(path: Path) -> tuple[float, float]:
+    """(mean, std) of F0 in Hz from coqui's ``pitch_stats.npy``, loaded without running code.
+
+    coqui saves a dict ``{"mean": ..., "std": ...}`` with ``np.save``, which pickles it; an ``np.load`` with
+    ``allow_pickle=True`` would run whatever a file from elsewhere asks. Plain numeric files are read
+    without pickle; an object array is unpickled allowing numpy's own array and number types only.
+    Anything else is a :class:`ModelFolderError` naming the file.
+    """
+    def refuse(reason: str):
+        return ModelFolderError(f"{path}: not coqui's F0 statistics ({reason}); delete it to use the generic "
+                                f"ones (mean {FALLBACK_F0_MEAN:.0f} Hz, std {FALLBACK_F0_STD:.0f} Hz)")
+
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+            if dtype.hasobject:
+                value = _NumpyOnlyUnpickler(io.BytesIO(f.read())).load()
+            else:
+                f.seek(0)
+                value = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as err:
+        raise refuse(f"unreadable: {err}") from None
+    if isinstance(value, np.ndarray) and value.dtype.hasobject and value.shape == ():
+        value = value.item()
+    if isinstance(value, dict) and {"mean", "std"} <= value.keys():
+        numbers = [value["mean"], value["std"]]
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "iuf" and value.size == 2:
+        numbers = list(value.ravel())
+    else:
+        raise refuse("expected a dict with 'mean' and 'std', or two numbers")
+    try:
+        mean, std = (float(np.asarray(n, dtype=np.float64)) for n in numbers)
+    except (TypeError, ValueError):
+        raise refuse("'mean' and 'std' are not numbers") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise refuse(f"mean {mean} and std {std} must be finite, std above 0")
+    return mean, std
 
 
 class CoquiAudioFeatures(FeatureExtractor):
@@ -88,8 +151,7 @@ class CoquiFastPitchBackend(ZooBackend, FastPitchBackend):
         n_mels = int(config.audio.num_mels)
         path = folder / PITCH_STATS_FILE if folder is not None else None
         if path is not None and path.is_file():
-            stats = np.load(path, allow_pickle=True).item()
-            return identity_stats(n_mels, float(stats["mean"]), float(stats["std"]))
+            return identity_stats(n_mels, *read_pitch_stats(path))
         if folder is not None:
             log.warning("%s has no %s (coqui's F0 statistics of the training data); normalising F0 with "
                         "mean %.0f Hz and std %.0f Hz instead", folder, PITCH_STATS_FILE, FALLBACK_F0_MEAN,
