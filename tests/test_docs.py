@@ -108,6 +108,26 @@ def test_commands_quoted_in_the_docs_still_parse():
     assert not failures, "commands in the docs that the CLI no longer accepts:\n" + "\n".join(failures)
 
 
+def test_speakers_quoted_in_synthesize_commands_are_speakers_of_the_shipped_model():
+    """`tts-adapt synthesize --speaker X` without --model speaks with the shipped model, so X must be one of its
+    voices (other commands' --speaker, as prepare-target's, names a speaker of a dataset)."""
+    from tts_adapt.models.speakers import SpeakerTable
+    from tts_adapt.models.synthesis import DEFAULT_MODEL
+
+    names = SpeakerTable.load(DEFAULT_MODEL).names
+    quoted = []
+    for path in doc_files():
+        for command, _ in quoted_commands(path.read_text(encoding="utf-8")):
+            tokens = shlex.split(re.sub(r"[\[\]]", " ", command))  # placeholders kept, unlike _tokens
+            if not tokens or tokens[0] != "synthesize" or "--model" in tokens or "--speaker" not in tokens:
+                continue
+            speaker = tokens[tokens.index("--speaker") + 1]
+            if not PLACEHOLDER.fullmatch(speaker):
+                quoted.append((path.relative_to(ROOT), speaker))
+    assert quoted, "the docs quote no synthesize --speaker example"
+    assert [(p, s) for p, s in quoted if s not in names] == [], f"the shipped model's speakers: {' '.join(names)}"
+
+
 def test_the_command_check_catches_unknown_flags_and_subcommands():
     parser = _strict(build_parser())
     text = ("```bash\ntts-adapt adapt --target-dir <dir> --out x --no-such-flag 3   # a comment\n"
