@@ -106,6 +106,29 @@ def test_synthesize_speaks_an_old_speaker_and_an_adapters_target(client, old_spe
     assert len(_audio_of(audio)) > 1600
 
 
+LOAD_REQUESTS = 8
+LOAD_SECONDS = 240  # all of them, on a busy 2-core machine (one takes about a second)
+
+
+@pytest.mark.slow
+def test_under_load_every_synthesis_request_is_answered_and_none_fails(served, old_speaker):
+    """Concurrent requests from separate clients are queued (one synthesis at a time) and all answered, and
+    the page's other calls are still served meanwhile."""
+    clients = [Client(served[1], verbose=False) for _ in range(LOAD_REQUESTS)]
+    voices = [f"old:{old_speaker}", "target:evaluated"]
+    jobs = [c.submit(f"{TEXT} Request {i}.", "evaluated" if i % 2 else "base", voices[i % 2], None,
+                     api_name="/synthesize") for i, c in enumerate(clients)]
+    _, adapters, _, _ = clients[0].predict(api_name="/refresh")  # answered while the synthesis queue is full
+    assert [c[1] for c in adapters["choices"]] == ["evaluated", "plain"]
+    deadline = time.monotonic() + LOAD_SECONDS
+    for i, job in enumerate(jobs):
+        audio, image = job.result(timeout=max(1.0, deadline - time.monotonic()))
+        assert len(_audio_of(audio)) > 1600 and Path(image).stat().st_size > 0, i
+        assert job.status().success, i
+    for c in clients:
+        c.close()
+
+
 def test_voices_group_adapters_of_the_same_target_and_list_old_speakers(client, old_speaker):
     compare_voice, adapters, models, _ = client.predict(api_name="/refresh")
     labels = dict((key, label) for label, key in compare_voice["choices"])
