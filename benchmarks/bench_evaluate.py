@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: a fresh temporary one)")
     args = ap.parse_args()
     from tts_adapt.evaluate.adapter import evaluate_adapter
-    from tts_adapt.evaluate.learning import RealAudio
+    from tts_adapt.evaluate.scoring import RealAudio
     from tts_adapt.data.speaker_encoder import SpeakerEncoder
 
     real, encoder = RealAudio(16000), SpeakerEncoder()

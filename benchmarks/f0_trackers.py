@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import F0_METHODS, AudioConfig, load_audio
 from tts_adapt.evaluate.metrics import f0_track
-from tts_adapt.evaluate.voices import heldout_recordings
+from tts_adapt.evaluate.corpus_voices import heldout_recordings
 from tts_adapt.models.features import extract_f0
 
 OFF = 0.25  # relative distance of medians that counts as an octave error

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import AudioConfig, LogMel, load_audio
 from tts_adapt.evaluate.metrics import f0_track
-from tts_adapt.evaluate.voices import heldout_recordings
+from tts_adapt.evaluate.corpus_voices import heldout_recordings
 from tts_adapt.models.vocoder import GriffinLimVocoder
 
 GROUPS = ((0.0, 110.0), (110.0, 180.0), (180.0, 1000.0))  # median F0 of the speaker's recordings, Hz

@@ -44,7 +44,7 @@ def train(candidates: list[tuple[str, str]], corpus: Path, out: Path, minutes: f
 
 
 def score(folder: Path, corpus: Path, speakers: int, per_speaker: int) -> dict:
-    from tts_adapt.evaluate.voices import evaluate_voices, summarise
+    from tts_adapt.evaluate.corpus_voices import evaluate_voices, summarise
     from tts_adapt.models.synthesis import Synthesizer
 
     synth = Synthesizer(folder)

@@ -203,7 +203,7 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     import shutil
 
     from tts_adapt.evaluate.report import evaluate_base_model
-    from tts_adapt.evaluate.voices import REFERENCES
+    from tts_adapt.evaluate.corpus_voices import REFERENCES
     from tts_adapt.evaluate.model_card import DEFAULT_COMMANDS, NOTES_FILE, PILOT_FILE, training_steps, write_model_card
 
     report = evaluate_base_model(tiny_model, tiny_corpus, tmp_path / "eval", per_speaker=1, progress=False)
@@ -273,7 +273,7 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
 
 
 def test_heldout_recordings_are_the_manifests_heldout_split_of_one_speaker_set(tiny_corpus, tmp_path):
-    from tts_adapt.evaluate.voices import heldout_recordings
+    from tts_adapt.evaluate.corpus_voices import heldout_recordings
 
     with open(tiny_corpus / "manifest.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

@@ -53,7 +53,7 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     from tts_adapt.data.corpus.manifest import choose_target
     from tts_adapt.data.target import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
-    from tts_adapt.evaluate.learning import RealAudio
+    from tts_adapt.evaluate.scoring import RealAudio
     from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend

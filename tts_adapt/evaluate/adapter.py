@@ -1,13 +1,12 @@
 """``evaluate_adapter``: report.json, report.md and mel-spectrogram images for one adapter.
 
-See :mod:`tts_adapt.evaluate.learning` for what is measured. The base model's
-scores depend only on the base model, the utterances and the target's d-vector,
-so they are cached (a sweep scores the base model once).
+See :mod:`tts_adapt.evaluate.learning` for what is measured. Both models are scored by
+:mod:`tts_adapt.evaluate.scoring`; the base model's scores depend only on the base model, the
+utterances and the target's d-vector, so they are cached (a sweep scores the base model once).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ from tts_adapt.data.audio import LogMel, load_audio
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.speaker_encoder import SpeakerEncoder
 from tts_adapt.data.target import find_prepared_target
-from tts_adapt.evaluate.learning import (DEFINITIONS, LOWER_IS_BETTER, RealAudio, base_cache_key,
-                                         score_model, select_utterances, summary_rows)
+from tts_adapt.evaluate.learning import DEFINITIONS, LOWER_IS_BETTER, select_utterances, summary_rows
+from tts_adapt.evaluate.scoring import RealAudio, cached_scores, score_model
 from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.synthesis import Synthesizer, default_model_dir
@@ -93,14 +92,8 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
         real = RealAudio(sr)
     encoder = encoder or SpeakerEncoder()
     base_items = items if d_vector is not None else [i for i in items if i.set != "target"]
-    key = base_cache_key(base_backend, base_items, d_vector)
-    base_file = cache / "evaluations" / f"base-{key}.json"
-    if base_file.is_file():
-        base_scores = json.loads(base_file.read_text(encoding="utf-8"))
-    else:
-        base_scores = score_model(base, base_items, real, encoder, cache_dir=cache, name="base",
-                                  wav_dir=out / "wavs" / "base" if save_wavs else None, progress=progress)
-        write_json_atomic(base_file, base_scores)
+    base_scores = cached_scores(base, base_items, real, encoder, cache_dir=cache, d_vector=d_vector, name="base",
+                                wav_dir=out / "wavs" / "base" if save_wavs else None, progress=progress)
     adapted_scores = score_model(adapted, items, real, encoder, cache_dir=cache, name="adapted",
                                  wav_dir=out / "wavs" / "adapted" if save_wavs else None, progress=progress)
     rows = summary_rows(base_scores, adapted_scores)

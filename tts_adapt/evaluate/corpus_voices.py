@@ -29,12 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from tts_adapt.data.audio import load_audio
 from tts_adapt.data.corpus.manifest import read_manifest
-from tts_adapt.data.speaker_encoder import SpeakerEncoder, cosine_matrix
-from tts_adapt.evaluate.metrics import mcd_dtw
+from tts_adapt.data.speaker_encoder import SpeakerEncoder
+from tts_adapt.evaluate.scoring import EvalUtterance, RealAudio, score_model, score_recordings
 
 
 @dataclass
@@ -71,11 +69,11 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
 
     ``synth`` is a :class:`tts_adapt.models.synthesis.Synthesizer`. Synthesised
     audio is written to ``wav_dir`` when given. With ``reference``, the two references
-    of the module's description are scored too.
+    of the module's description are scored too. Scoring is :func:`tts_adapt.evaluate.scoring.score_model`'s,
+    without pitch, each speaker's similarity taken against the held-out recordings of every speaker.
     """
     corpus = Path(corpus)
     rows = read_manifest(corpus)
-    sr = synth.sample_rate
     heldout: dict[str, list[dict]] = defaultdict(list)
     train: dict[str, list[str]] = defaultdict(list)
     sets: dict[str, str] = {}
@@ -85,54 +83,51 @@ def evaluate_voices(synth, corpus: str | Path, speaker_sets: tuple[str, ...] = (
             heldout[r["speaker"]].append(r)
         else:
             train[r["speaker"]].append(str(corpus / r["audio"]))
-    encoder = SpeakerEncoder()
+    encoder, real = SpeakerEncoder(), RealAudio(synth.sample_rate)
     all_speakers = sorted(heldout)
-    real_emb = {s: encoder.embed_speaker([str(corpus / r["audio"]) for r in heldout[s][:per_speaker]])
-                for s in tqdm(all_speakers, desc="real speaker embeddings", unit="spk", disable=not progress)}
+    rivals = {s: [str(corpus / r["audio"]) for r in heldout[s][:per_speaker]] for s in all_speakers}
     known = set(synth.backend.speakers.names)
     chosen = [s for s in all_speakers if sets[s] in speaker_sets]
     if max_speakers:
         chosen = chosen[:max_speakers]
-    names = list(real_emb)
-    real_matrix = np.stack([real_emb[s] for s in names])
 
-    def score(s: str, mode: str, emb: np.ndarray, utterances: int, mcd: float) -> SpeakerScore:
-        sims = cosine_matrix(emb[None], real_matrix)[0]
-        own = names.index(s)
-        best_other, closest = max((sims[i], names[i]) for i in range(len(names)) if i != own)
-        return SpeakerScore(s, sets[s], mode, utterances, mcd, float(sims[own]), float(best_other), closest)
+    def items(s: str, refs: list[str]) -> list[EvalUtterance]:
+        return [EvalUtterance(sets[s], s, r["utt_id"], r["text"], str(corpus / r["audio"]), refs)
+                for r in heldout[s][:per_speaker]]
+
+    def scored(got: dict, modes: dict[str, str]) -> list[SpeakerScore]:
+        out = []
+        for label, same in got["similarity"].items():
+            group, s = label.split("/", 1)
+            mcds = [u["mcd_db"] for u in got["utterances"] if u["set"] == group and u["speaker"] == s]
+            out.append(SpeakerScore(s, group, modes[s], len(mcds), float(np.mean(mcds)), same,
+                                    got["best_other_similarity"][label], got["closest_other"][label]))
+        return out
 
     scores = []
     if reference:
-        for s in tqdm(chosen, desc="real recordings (ceiling)", unit="spk", disable=not progress):
+        for s in chosen:
             clips = train[s][:per_speaker]
-            scores.append(score(s, "real recordings", encoder.embed_speaker(clips), len(clips), float("nan")))
+            same, best_other, closest = score_recordings(clips, s, real, encoder, rivals)
+            scores.append(SpeakerScore(s, sets[s], "real recordings", len(clips), float("nan"), same, best_other,
+                                       closest))
         if not synth.backend.produces_waveform:
-            for s in tqdm(chosen, desc="vocoded recordings (ceiling)", unit="spk", disable=not progress):
-                clips = [corpus / r["audio"] for r in heldout[s][:per_speaker]]
-                wavs = [synth.copy_synthesis(c) for c in clips]
-                mcd = np.mean([mcd_dtw(w, load_audio(c, sr)[0], sr).mcd for w, c in zip(wavs, clips)])
-                scores.append(score(s, "vocoded recordings", encoder.embed_speaker(wavs, sample_rate=sr), len(wavs),
-                                    float(mcd)))
-    for s in tqdm(chosen, desc="synthesising and scoring", unit="spk", disable=not progress):
+            copies = [it for s in chosen for it in items(s, [])]
+            scores += scored(score_model(synth, copies, real, encoder, name="vocoded recordings, ceiling",
+                                         pitch=False, source="copy synthesis", rivals=rivals, progress=progress),
+                             dict.fromkeys(chosen, "vocoded recordings"))
+    spoken, modes = [], {}
+    for s in chosen:
         if s in known:
-            mode, kwargs = "trained", {"speaker": s}
+            modes[s], refs = "trained", []
         elif synth.backend.speakers.kind == "d_vector":
-            mode, kwargs = "zero-shot", {"speaker_wavs": train[s][:references]}
+            modes[s], refs = "zero-shot", train[s][:references]
         else:
             continue  # an ID-table model cannot speak an unseen voice
-        wavs, mcds = [], []
-        for r in heldout[s][:per_speaker]:
-            wav = synth.speak(r["text"], **kwargs)
-            real, _ = load_audio(corpus / r["audio"], sr)
-            mcds.append(mcd_dtw(wav, real, sr).mcd)
-            wavs.append(wav)
-            if wav_dir is not None:
-                from tts_adapt.data.audio import save_audio
-
-                save_audio(Path(wav_dir) / s / f"{r['utt_id']}.wav", wav, sr)
-        scores.append(score(s, mode, encoder.embed_speaker(wavs, sample_rate=sr), len(wavs), float(np.mean(mcds))))
-    return scores
+        spoken += items(s, refs)
+    got = score_model(synth, spoken, real, encoder, name="model", pitch=False, rivals=rivals,
+                      wav_dir=Path(wav_dir) if wav_dir is not None else None, progress=progress)
+    return scores + scored(got, modes)
 
 
 #: Modes of the reference rows, and the suffix of their keys in :func:`summarise`.

@@ -12,27 +12,25 @@ the real recordings of the same sentences:
 Per utterance: MCD-DTW, F0 RMSE, voicing error; per speaker: speaker similarity;
 per set: the teacher-forced mel loss. Each is reported for both models and as the
 change (adapted - base) with the standard error of the paired per-utterance
-(or per-speaker) differences.
+(or per-speaker) differences. The utterances are scored by :mod:`tts_adapt.evaluate.scoring`; this
+module chooses them and sets the two models' scores side by side.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from tts_adapt.data.samples import Utterance
+from tts_adapt.data.target import split_speaker
+from tts_adapt.evaluate.scoring import EvalUtterance
+from tts_adapt.models.speakers import SpeakerTable
 
 log = logging.getLogger(__name__)
-EVAL_VERSION = 1  # bump when a measure changes: cached base-model scores are then recomputed
 SETS = ("target", "pretrain", "unseen")
 UTTERANCE_METRICS = ("mcd_db", "f0_rmse_hz", "voicing_error")
 LOWER_IS_BETTER = {"mcd_db": True, "f0_rmse_hz": True, "voicing_error": True, "similarity": False,
@@ -53,16 +51,6 @@ DEFINITIONS = {
 }
 
 
-@dataclass
-class EvalUtterance:
-    set: str
-    speaker: str
-    utt_id: str
-    text: str
-    audio: str  # real recording
-    references: list[str] = field(default_factory=list)  # zero-shot reference clips (unseen voices)
-
-
 def _spread(names: list[str], count: int) -> list[str]:
     """``count`` names evenly spread over the sorted list (a deterministic mix of the corpus's voice families)."""
     names = sorted(names)
@@ -81,9 +69,6 @@ def select_utterances(known: list[str], data_utts: list[Utterance] | None, targe
     matches it (:meth:`SpeakerTable.index`: the VCTK reader's ``p225`` is a zoo model's ``VCTK_p225``).
     The target speaker is never an old or unseen speaker.
     """
-    from tts_adapt.data.target import split_speaker
-    from tts_adapt.models.speakers import SpeakerTable
-
     items = [EvalUtterance("target", "target", u.utt_id or Path(u.audio_path).stem, u.text, u.audio_path)
              for u in target_heldout]
     if not data_utts:
@@ -118,95 +103,6 @@ def select_utterances(known: list[str], data_utts: list[Utterance] | None, targe
         items += [EvalUtterance(group, s, u.utt_id or Path(u.audio_path).stem, u.text, u.audio_path, refs)
                   for u in held]
     return items
-
-
-class RealAudio:
-    """Analyses and embeddings of real recordings, computed once per process."""
-
-    def __init__(self, sample_rate: int):
-        self.sample_rate = sample_rate
-        self._analysis: dict[str, object] = {}
-        self._embedding: dict[tuple, np.ndarray] = {}
-
-    def analysis(self, path: str):
-        from tts_adapt.data.audio import load_audio
-        from tts_adapt.evaluate.metrics import analyse
-
-        if path not in self._analysis:
-            wav, _ = load_audio(path, self.sample_rate)
-            self._analysis[path] = analyse(wav, self.sample_rate)
-        return self._analysis[path]
-
-    def embedding(self, encoder, paths: list[str]) -> np.ndarray:
-        key = tuple(paths)
-        if key not in self._embedding:
-            self._embedding[key] = encoder.embed_speaker(list(paths))
-        return self._embedding[key]
-
-
-def _mel_losses(backend, items: list[EvalUtterance], cache_dir: Path, progress: bool) -> dict[str, float]:
-    """Teacher-forced loss per set, on the real recordings (speaker ``target`` for the target set)."""
-    out = {}
-    for group in ("target", "pretrain"):
-        utts = [Utterance(i.audio, i.text, i.speaker, utt_id=i.utt_id) for i in items if i.set == group]
-        if not utts:
-            continue
-        feats = backend.extract_features(utts, cache_dir, progress=False)  # the model's own features (VITS: + wav)
-        for f, u in zip(feats, utts):
-            f.speaker = u.speaker
-        was = backend.model.training
-        backend.model.eval()
-        total, key = 0.0, None
-        with torch.no_grad():
-            for k in range(0, len(feats), 8):
-                chunk = feats[k:k + 8]
-                loss, parts = backend.loss(backend.collate(chunk))
-                key = "loss_spec" if "loss_spec" in parts else "loss"
-                total += parts[key] * len(chunk)
-        backend.model.train(was)
-        out[group] = total / max(1, len(feats))
-    return out
-
-
-def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, cache_dir: Path, name: str,
-                wav_dir: Path | None = None, progress: bool = True) -> dict:
-    """Per-utterance measures, per-speaker similarity and per-set mel loss of one model (a Synthesizer)."""
-    from tts_adapt.data.audio import save_audio
-    from tts_adapt.evaluate.metrics import analyse, compare
-    from tts_adapt.data.speaker_encoder import cosine_matrix
-
-    sr = synth.sample_rate
-    rows, wavs_by_speaker = [], defaultdict(list)
-    from tts_adapt.models.synthesis import reference_d_vector
-
-    voices: dict[tuple, torch.Tensor] = {}  # zero-shot voices: one embedding per speaker, by the model's encoder
-    for it in tqdm(items, desc=f"synthesising and scoring ({name})", unit="utt", disable=not progress):
-        if it.references:
-            key = tuple(it.references)
-            if key not in voices:
-                voices[key] = reference_d_vector(it.references, sr, synth.backend)
-            wav = synth.speak(it.text, d_vector=voices[key])
-        else:
-            wav = synth.speak(it.text, speaker=it.speaker)
-        m = compare(analyse(wav, sr), real.analysis(it.audio))
-        rows.append({"set": it.set, "speaker": it.speaker, "utt_id": it.utt_id, **m})
-        wavs_by_speaker[(it.set, it.speaker)].append(wav)
-        if wav_dir is not None:
-            save_audio(wav_dir / it.speaker / f"{it.utt_id}.wav", wav, sr)
-    real_paths = defaultdict(list)
-    for it in items:
-        real_paths[(it.set, it.speaker)].append(it.audio)
-    similarity = {}
-    for key, wavs in wavs_by_speaker.items():
-        try:
-            syn = encoder.embed_speaker(wavs, sample_rate=sr)
-        except ValueError as err:  # the model spoke (nearly) silence: no similarity, the other measures stand
-            log.warning("%s: no speaker similarity for %s (%s)", name, "/".join(key), err)
-            similarity["/".join(key)] = float("nan")
-            continue
-        similarity["/".join(key)] = float(cosine_matrix(syn[None], real.embedding(encoder, real_paths[key])[None])[0, 0])
-    return {"utterances": rows, "similarity": similarity,
-            "mel_loss": _mel_losses(synth.backend, items, cache_dir, progress)}
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -256,15 +152,3 @@ def _row(group: str, metric: str, adapted: list[float], base: list[float] | None
         change, se = _mean_se(diffs)
         row.update(base=_finite(b_mean), change=_finite(change), change_se=_finite(se))
     return row
-
-
-def base_cache_key(backend, items: list[EvalUtterance], d_vector: torch.Tensor | None) -> str:
-    """Identifies the base model's scores: model weights, utterances, target voice, measure version."""
-    h = hashlib.sha256()
-    h.update(backend.fingerprint().encode())
-    h.update(json.dumps([asdict(i) for i in items], sort_keys=True).encode())
-    if d_vector is not None:
-        h.update(np.asarray(d_vector.detach().cpu(), dtype=np.float32).tobytes())
-    h.update(f"v{EVAL_VERSION}".encode())
-    return h.hexdigest()[:16]
-

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from tts_adapt.data.audio import AudioConfig
+from tts_adapt.evaluate.corpus_voices import REFERENCES
 from tts_adapt.evaluate.report import to_markdown
-from tts_adapt.evaluate.voices import REFERENCES
 from tts_adapt.io import write_json_atomic, write_text_atomic
 from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS
 

@@ -19,10 +19,10 @@ METRIC_DEFINITIONS = {
 def evaluate_base_model(model: str | Path | None, corpus: str | Path, out: str | Path, *, per_speaker: int = 3,
                         speaker_sets: tuple[str, ...] = ("pretrain", "unseen"), max_speakers: int | None = None,
                         progress: bool = True, vocoder: str | Path | None = None) -> dict:
-    """Score the model's voices (see :mod:`tts_adapt.evaluate.voices`) through ``vocoder`` (see
+    """Score the model's voices (see :mod:`tts_adapt.evaluate.corpus_voices`) through ``vocoder`` (see
     :func:`tts_adapt.models.vocoder.make_vocoder`; Griffin-Lim by default); writes report.json,
     report.md and speakers.csv into ``out`` and returns the report."""
-    from tts_adapt.evaluate.voices import evaluate_voices, scores_to_rows, summarise
+    from tts_adapt.evaluate.corpus_voices import evaluate_voices, scores_to_rows, summarise
     from tts_adapt.models.synthesis import Synthesizer
 
     out = Path(out)

@@ -118,7 +118,7 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     from tts_adapt.data.speaker_encoder import SpeakerEncoder
     from tts_adapt.data.target import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
-    from tts_adapt.evaluate.learning import RealAudio
+    from tts_adapt.evaluate.scoring import RealAudio
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
 
