@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import save_audio
 from tts_adapt.data.corpus.config import SPEAKER_SETS, CorpusConfig, CorpusText
+from tts_adapt.data.corpus.manifest import read_manifest
 from tts_adapt.data.corpus.prompts import generate_prompts
 from tts_adapt.data.corpus.text import diverse_prompts
 from tts_adapt.data.corpus.voices import SpeakerSpec, check_synthesisers, design_speakers, render
@@ -234,8 +235,7 @@ def write_manifest(path: Path, rows: list[dict]) -> None:
 
 
 def _summarise(out: Path, *, reused: bool, seconds: float) -> CorpusSummary:
-    with open(out / "manifest.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_manifest(out)
     speakers: dict[str, set] = {s: set() for s in SPEAKER_SETS}
     for r in rows:
         speakers[r["speaker_set"]].add(r["speaker"])
