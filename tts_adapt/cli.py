@@ -158,11 +158,11 @@ def cmd_adapt(args) -> int:
     from tts_adapt.adapt.train import AdaptConfig, adapt
 
     config = config_from_args(args, AdaptConfig, "adapt")
-    card = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
-                 resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet,
-                 min_clips=args.min_clips, max_clips=args.max_clips)
-    print(f"adapter saved in {args.out}: {card['steps']} steps ({card['stopped']}), best validation loss "
-          f"{card['best_val_loss']:.4f}, {card['wall_seconds']:.0f} s")
+    run = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
+                resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet,
+                min_clips=args.min_clips, max_clips=args.max_clips)
+    print(f"adapter saved in {args.out}: {run['steps']} steps ({run['stopped']}), best validation loss "
+          f"{run['best_val_loss']:.4f}, {run['wall_seconds']:.0f} s")
     return 0
 
 

@@ -80,24 +80,24 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     echo(f"[3/5] K-FAC curvature of {config.curvature_utterances} pretraining utterances (fitted once, then reused)")
     kfac = ensure_curvature(model_dir, base, corpus, workdir, "kfac", num_utterances=config.curvature_utterances,
                             seed=config.seed, layout="auto", cache_dir=None, progress=progress,
-                            echo=lambda m: echo(f"      {m}"))
+                           echo=lambda m: echo(f"      {m}"))
     seconds["curvature"] = time.time() - t0
 
     target = choose_target(corpus)
     prepared = prepare_target(corpus, target, workdir / "target", clips=config.clips, heldout=config.heldout,
                               seed=config.seed)
     echo(f"[4/5] adapting to held-out speaker {target} from {prepared.clips} clips in {prepared.clips_dir}")
-    adapters, cards = {}, {}
+    adapters, runs = {}, {}
     for strategy, lam in config.cells():
         name = "lora" if strategy == "lora" else f"lora+{strategy}"
         cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
                           seed=config.seed)
         out = workdir / "adapters" / name
-        card = adapt_cell(out, prepared.clips_dir, model_dir, cfg, kfac if strategy != "lora" else None, progress,
-                          echo=lambda m: echo(f"      {m}"))
-        echo(f"      {name}: {card['steps']} steps ({card['stopped']}) in {card['wall_seconds']:.0f} s -> {out}")
-        seconds[name] = card["wall_seconds"]
-        adapters[name], cards[name] = out, card
+        run = adapt_cell(out, prepared.clips_dir, model_dir, cfg, kfac if strategy != "lora" else None, progress,
+                         echo=lambda m: echo(f"      {m}"))
+        echo(f"      {name}: {run['steps']} steps ({run['stopped']}) in {run['wall_seconds']:.0f} s -> {out}")
+        seconds[name] = run["wall_seconds"]
+        adapters[name], runs[name] = out, run
 
     echo(f"[5/5] evaluating: the target's {prepared.heldout} held-out clips, {config.old_speakers} old and "
          f"{config.unseen_speakers} unseen speakers, base model against each adapter")
@@ -108,7 +108,7 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
         report = evaluate_adapter(path, model=model_dir, old_speakers=config.old_speakers,
                                   unseen_speakers=config.unseen_speakers, per_speaker=config.per_speaker,
                                   real=real, encoder=encoder, progress=progress)
-        row = cell_row(name, cards[name]["config"]["strategy"], cards[name]["config"]["lam"], cards[name], report)
+        row = cell_row(name, runs[name]["config"]["strategy"], runs[name]["config"]["lam"], runs[name], report)
         row["base_old_mcd"] = next(r["base"] for r in report["rows"]
                                    if r["set"] == "pretrain" and r["metric"] == "mcd_db")
         rows.append(row)

@@ -262,7 +262,7 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
                     trainer.step, trainer.best_step, trainer.best_val)
     trainer.restore_best()
     strategy.before_save()
-    card = {
+    run = {
         "tts_adapt_version": __version__, "base_model": str(model_dir), "config": config.to_dict(),
         "curvature": str(curvature) if curvature else None, "targets": list(targets),
         "target_dir": str(target_dir), "train_clips": len(feats), "val_clips": len(val_feats),
@@ -272,7 +272,7 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
         "curve": curve.rows, "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
         "trainable_parameters": sum(p.numel() for p in params.values()),
     }
-    save_adapter(out, strategy.model, d_vec, _finite_or_none(card), base_fingerprint=base_fingerprint,
+    save_adapter(out, strategy.model, d_vec, _finite_or_none(run), base_fingerprint=base_fingerprint,
                  targets=targets)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # also temp files a killed run left behind
-    return card
+    return run

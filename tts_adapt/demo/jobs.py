@@ -48,7 +48,7 @@ class CloneJob:
         self.message = "waiting in the queue"
         self.adapter: Adapter | None = None
         self.error: str | None = None
-        self.card: dict | None = None
+        self.run_record: dict | None = None
         self._cancel = threading.Event()
         self._done = threading.Event()
 
@@ -148,17 +148,17 @@ class CloneQueue:
             return not job.cancel_requested
 
         out = req.staging / "adapter"
-        card = adapt(req.clips_dir, out, self.model_dir, req.config, curvature=req.curvature,
-                     cache_dir=req.staging / "features", progress=False, min_clips=req.min_clips, on_step=on_step)
-        if card["stopped"] == "cancelled" or job.cancel_requested:
-            return "cancelled", f"cancelled at step {card['steps']}; nothing was saved"
-        # the clips are deleted with the staging folder: the card says where they came from instead
-        card["target_dir"] = f"{card['train_clips'] + card['val_clips']} clips uploaded to the demo (not kept)"
-        write_json_atomic(out / "run.json", card)
-        job.card = card
+        run = adapt(req.clips_dir, out, self.model_dir, req.config, curvature=req.curvature,
+                    cache_dir=req.staging / "features", progress=False, min_clips=req.min_clips, on_step=on_step)
+        if run["stopped"] == "cancelled" or job.cancel_requested:
+            return "cancelled", f"cancelled at step {run['steps']}; nothing was saved"
+        # the clips are deleted with the staging folder: run.json says where they came from instead
+        run["target_dir"] = f"{run['train_clips'] + run['val_clips']} clips uploaded to the demo (not kept)"
+        write_json_atomic(out / "run.json", run)
+        job.run_record = run
         job.adapter = self.bank.publish(out, req.name)
-        return "done", (f"adapter {req.name!r} saved: {card['steps']} steps ({card['stopped']}), best validation "
-                        f"loss {card['best_val_loss']:.4f}, {time.time() - t0:.0f} s")
+        return "done", (f"adapter {req.name!r} saved: {run['steps']} steps ({run['stopped']}), best validation "
+                        f"loss {run['best_val_loss']:.4f}, {time.time() - t0:.0f} s")
 
 
 def curvature_for(strategy: str, paths: list[Path]) -> tuple[Path | None, str]:

@@ -89,10 +89,10 @@ def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, p
 
     run_json = folder / "run.json"
     if run_json.is_file():
-        card = json.loads(run_json.read_text(encoding="utf-8"))
-        if card.get("config") == cfg.to_dict() and card.get("base_model") == str(model_dir) \
-                and card.get("target_dir") == str(clips_dir):
-            return card
+        run = json.loads(run_json.read_text(encoding="utf-8"))
+        if run.get("config") == cfg.to_dict() and run.get("base_model") == str(model_dir) \
+                and run.get("target_dir") == str(clips_dir):
+            return run
         echo(f"      {folder}: settings changed, adapting again")
         shutil.rmtree(folder)
     resume = (folder / "checkpoint" / "state.pt").is_file()
@@ -159,8 +159,8 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
                           seed=config.seed)
         echo(f"[{k}/{len(cells)}] {name}")
-        card = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(curvature_of[strategy]),
-                           progress, echo)
+        run = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(curvature_of[strategy]),
+                          progress, echo)
         report_file = folder / "eval" / "report.json"
         if report_file.is_file() and report_file.stat().st_mtime >= (folder / "run.json").stat().st_mtime:
             report = json.loads(report_file.read_text(encoding="utf-8"))
@@ -169,7 +169,7 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
                                       old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
                                       per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
                                       encoder=encoder, progress=progress)
-        results.append(cell_row(name, strategy, lam, card, report))
+        results.append(cell_row(name, strategy, lam, run, report))
     summary = summarise(results, config, seconds=time.time() - t_all)
     write_outputs(out, results, summary)
     if publish is not None:
@@ -207,8 +207,8 @@ def _get(report: dict, group: str, metric: str, key: str):
     return None
 
 
-def cell_row(name: str, strategy: str, lam: float, card: dict, report: dict) -> dict:
-    """One line of the sweep table from an adapter's run card and its evaluation report."""
+def cell_row(name: str, strategy: str, lam: float, run: dict, report: dict) -> dict:
+    """One line of the sweep table from an adapter's run record (run.json) and its evaluation report."""
     return {
         "cell": name, "strategy": strategy, "lam": lam,
         "target_similarity": _get(report, "target", "similarity", "adapted"),
@@ -222,7 +222,7 @@ def cell_row(name: str, strategy: str, lam: float, card: dict, report: dict) -> 
         "base_target_similarity": _get(report, "target", "similarity", "base"),
         "base_target_mcd": _get(report, "target", "mcd_db", "base"),
         "base_target_mel_loss": _get(report, "target", "mel_loss", "base"),
-        "steps": card.get("steps"), "stopped": card.get("stopped"), "adapt_seconds": card.get("wall_seconds"),
+        "steps": run.get("steps"), "stopped": run.get("stopped"), "adapt_seconds": run.get("wall_seconds"),
         "eval_seconds": report.get("seconds"),
     }
 
