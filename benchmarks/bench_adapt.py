@@ -91,7 +91,7 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     """Seconds per step of each strategy (interleaved, same batches); also λ and the number of training clips."""
     from tts_adapt.adapt.lora import adapter_parameters, lora_factors, wrap_with_lora
     from tts_adapt.adapt.strategies import get_strategy
-    from tts_adapt.adapt.target import read_target_clips, split_heldout
+    from tts_adapt.adapt.clips import read_target_clips, split_heldout
     from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker, target_conditioning
     from tts_adapt.adapt.train import shuffled_batches
     from tts_adapt.curvature import Curvature
@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--adapt-steps", type=int, default=30, help="steps of the full adapt() run (0: skip it)")
     args = ap.parse_args()
 
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.adapt.train import adapt
     from tts_adapt.models.base import TTSBackend
 

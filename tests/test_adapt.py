@@ -17,10 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.lora import lora_factors, wrap_with_lora
 from tts_adapt.adapt.strategies import get_strategy
-from tts_adapt.adapt.target import TargetDataError
+from tts_adapt.adapt.clips import TargetDataError
 from tts_adapt.adapt.adapter import TARGET_FILE, adapted_model, add_target_speaker, load_adapter
 from tts_adapt.adapt.train import STATE_FILE, adapt
 from tts_adapt.curvature import Curvature

@@ -19,7 +19,7 @@ import soundfile as sf
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.train import adapt
 from tts_adapt.demo.app import MAX_SLOTS, DemoService, build_app, launch
 from tts_adapt.demo.bank import AdapterBank

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.train import adapt
 from tts_adapt.data.readers import read_dataset
-from tts_adapt.data.target import PreparedTarget, prepare_target, split_speaker
+from tts_adapt.data.target_split import PreparedTarget, prepare_target, split_speaker
 from tts_adapt.evaluate.adapter import EvaluationInputError, evaluate_adapter
 from tts_adapt.evaluate.learning import DEFINITIONS, SETS, UTTERANCE_METRICS
 from tts_adapt.evaluate.sweep import SweepConfig, run_sweep, summarise, to_markdown

@@ -43,7 +43,7 @@ def tree_state(*folders: Path) -> dict[str, str]:
 def world(tiny_model, tiny_corpus, tiny_target_clips, feature_cache, tmp_path_factory):
     """The parts the cases combine: the tiny model, its K-FAC and diagonal curvature, one finished adapter,
     a model with other weights, and a few broken files."""
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.adapt.train import adapt
     from tts_adapt.curvature.run import fit_curvature_file
     from tts_adapt.models import TTSBackend

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.lora import lora_factors, wrap_with_lora
 from tts_adapt.adapt.strategies import STRATEGIES, get_strategy
 

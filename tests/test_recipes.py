@@ -337,7 +337,7 @@ def test_evaluation_says_when_the_dataset_has_no_speaker_of_the_model(caplog):
 
 def test_libritts_subsets_are_not_the_corpus_split():
     """LibriTTS names its subset in ``split``; the held-out clips still come from the seeded shuffle."""
-    from tts_adapt.data.target import split_speaker
+    from tts_adapt.data.target_split import split_speaker
 
     utts = [u.replace(split="test-clean") for u in _utts({"1089": 12})]
     train, held = split_speaker(utts, "1089", 10, 2)
@@ -345,7 +345,7 @@ def test_libritts_subsets_are_not_the_corpus_split():
 
 
 def test_adapt_uses_at_most_max_clips(tiny_model, tiny_target_clips, feature_cache, tmp_path):
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.adapt.train import adapt
     from tts_adapt.cli import build_parser, main
 
@@ -365,9 +365,9 @@ def test_adapt_uses_at_most_max_clips(tiny_model, tiny_target_clips, feature_cac
 
 def test_recipe_configs_are_read_by_each_command():
     """Every section of every recipe YAML is valid for the command that reads it."""
-    from tts_adapt.adapt.config import AdaptConfig
-    from tts_adapt.curvature.fit_config import CurvatureConfig
-    from tts_adapt.data.target import TargetConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
+    from tts_adapt.curvature.curvature_config import CurvatureConfig
+    from tts_adapt.data.target_split import TargetConfig
     from tts_adapt.cli import config_from_args
     from tts_adapt.evaluate.sweep import SweepConfig
 
@@ -397,7 +397,7 @@ def test_prepare_target_and_fit_curvature_read_their_config_sections(datasets, t
     assert (info["speaker"], info["clips"], info["heldout"]) == ("p248", 10, 1)
     args = build_parser().parse_args(["fit-curvature", "--data", "d", "--out", "o", "--config", str(yaml_file),
                                       "--num-utterances", "9"])
-    from tts_adapt.curvature.fit_config import CurvatureConfig
+    from tts_adapt.curvature.curvature_config import CurvatureConfig
     from tts_adapt.cli import config_from_args
 
     c = config_from_args(args, CurvatureConfig, "curvature")
@@ -411,7 +411,7 @@ def test_demo_recipe_pretrains_the_shipped_model():
     one started from."""
     import re
 
-    from tts_adapt.config import load_section
+    from tts_adapt.settings import load_section
     from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS, PretrainConfig
     from tts_adapt.models.synthesis import DEFAULT_MODEL
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from fixtures.make_strategy_adapters import CURVATURE_OF, OUT, STRATEGY_RUNS, adapt_config, weights_fingerprint
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.strategies import STRATEGIES, Strategy, register_strategy
 from tts_adapt.adapt.train import adapt
 from tts_adapt.curvature.run import fit_curvature_file

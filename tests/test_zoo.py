@@ -212,7 +212,7 @@ def test_kfac_fit_then_two_adaptation_steps_and_reload(case, backend, zoo_folder
                                                      feature_cache, tmp_path):
     """K-FAC of every LoRA target on a few utterances; then ``adapt`` (as ``tts-adapt adapt --model <zoo folder>``)
     for two steps under the K-FAC penalty, and the adapter restored onto a freshly loaded model."""
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.adapt.adapter import TARGET_FILE, load_adapter
     from tts_adapt.adapt.train import adapt
     from tts_adapt.curvature import fit_curvature

@@ -48,7 +48,7 @@ def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args, config_cls, section: str):
     """``config_cls`` from --config (its ``section:``) with command-line flags on top."""
-    from tts_adapt.config import load_section
+    from tts_adapt.settings import load_section
 
     values = load_section(args.config, section, config_cls) if args.config else {}
     for f in dataclasses.fields(config_cls):
@@ -58,7 +58,7 @@ def config_from_args(args, config_cls, section: str):
 
 
 def _corpus_config(args):
-    from tts_adapt.data.corpus.config import CorpusConfig
+    from tts_adapt.data.corpus.corpus_config import CorpusConfig
 
     return config_from_args(args, CorpusConfig, "corpus")
 
@@ -138,7 +138,7 @@ def cmd_synthesize(args) -> int:
 
 # ----------------------------------------------------------------------------- fit-curvature
 def cmd_fit_curvature(args) -> int:
-    from tts_adapt.curvature.fit_config import CurvatureConfig
+    from tts_adapt.curvature.curvature_config import CurvatureConfig
     from tts_adapt.curvature.run import fit_curvature_file
 
     c = config_from_args(args, CurvatureConfig, "curvature")
@@ -201,7 +201,7 @@ def cmd_evaluate(args) -> int:
 # ----------------------------------------------------------------------------- prepare-target, sweep
 def cmd_prepare_target(args) -> int:
     from tts_adapt.data.corpus.manifest import choose_target
-    from tts_adapt.data.target import TargetConfig, prepare_target
+    from tts_adapt.data.target_split import TargetConfig, prepare_target
 
     c = config_from_args(args, TargetConfig, "target")
     speaker = c.speaker
@@ -258,7 +258,7 @@ def cmd_quickstart(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from tts_adapt.data.corpus.config import CorpusConfig
+    from tts_adapt.data.corpus.corpus_config import CorpusConfig
 
     parser = argparse.ArgumentParser(
         prog="tts-adapt",
@@ -342,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
     p.set_defaults(func=cmd_synthesize)
 
-    from tts_adapt.curvature.fit_config import CurvatureConfig
-    from tts_adapt.data.target import TargetConfig
+    from tts_adapt.curvature.curvature_config import CurvatureConfig
+    from tts_adapt.data.target_split import TargetConfig
 
     p = sub.add_parser("fit-curvature", help="fit K-FAC / EK-FAC / diagonal Fisher of the pretraining data",
                        description="Fit the curvature of the layers LoRA adapts on N pretraining utterances "
@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, CurvatureConfig)
     p.set_defaults(func=cmd_fit_curvature)
 
-    from tts_adapt.adapt.config import MAX_CLIPS, MIN_CLIPS, AdaptConfig
+    from tts_adapt.adapt.adapt_config import MAX_CLIPS, MIN_CLIPS, AdaptConfig
 
     p = sub.add_parser("adapt", help="clone a voice: LoRA fine-tuning under a Laplace penalty",
                        description="Fine-tune LoRA adapters of the base model on 10-50 clips of a target speaker "

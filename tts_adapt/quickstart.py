@@ -48,10 +48,10 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
                    progress: bool = True, echo=print) -> dict:
     """Run the quickstart in ``workdir`` with ``config`` (default: :func:`quickstart_config`)."""
     # imported here, not at the top: the CLI reads this module for its flags without importing PyTorch
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.data.corpus import CorpusConfig, build_corpus
     from tts_adapt.data.corpus.manifest import choose_target
-    from tts_adapt.data.target import prepare_target
+    from tts_adapt.data.target_split import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.scoring import RealAudio
     from tts_adapt.data.speaker_encoder import SpeakerEncoder

@@ -23,9 +23,9 @@ import torch
 
 from tts_adapt import __version__
 from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker, save_adapter, target_conditioning
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.strategies import get_strategy
-from tts_adapt.adapt.target import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
+from tts_adapt.adapt.clips import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.curvature.storage import read_header
 from tts_adapt.models.base import TTSBackend

@@ -3,13 +3,13 @@
 Collecting (:mod:`~tts_adapt.curvature.hooks`, :func:`fit_curvature`) is separate from using the
 result (:class:`Curvature`, saved to and loaded from one safetensors file). The normalisation of
 the stored statistics is documented in :mod:`tts_adapt.curvature.fit`. Names are imported lazily
-so that reading :mod:`tts_adapt.curvature.fit_config` does not import PyTorch.
+so that reading :mod:`tts_adapt.curvature.curvature_config` does not import PyTorch.
 """
 
 from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
-    "CurvatureConfig": "fit_config", "CurvatureMethod": "fit_config", "FisherType": "fit_config",
+    "CurvatureConfig": "curvature_config", "CurvatureMethod": "curvature_config", "FisherType": "curvature_config",
     "FitState": "fit", "fit_curvature": "fit",
     "LayerCall": "hooks", "LinearMap": "hooks", "PositionMaskError": "hooks", "UnsupportedLayerError": "hooks",
     "linear_maps": "hooks", "record_linear_maps": "hooks",

@@ -60,7 +60,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from tts_adapt.curvature.fit_config import CurvatureMethod, FisherType
+from tts_adapt.curvature.curvature_config import CurvatureMethod, FisherType
 from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, PositionMaskError, linear_maps,
                                        record_linear_maps)
 from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer

@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.strategies import STRATEGIES, get_strategy
 from tts_adapt.demo.bank import AdapterBank, EvaluationReportError, read_evaluation
 from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tts_adapt.adapt.adapter import Adapter
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.train import adapt
 from tts_adapt.curvature.storage import TENSORS, CurvatureFileError, read_header

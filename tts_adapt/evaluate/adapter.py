@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from tts_adapt.adapt.adapter import Adapter, AdapterFolderError
-from tts_adapt.adapt.target import read_target_clips
+from tts_adapt.adapt.clips import read_target_clips
 from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.data.audio import LogMel, load_audio
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.speaker_encoder import SpeakerEncoder
-from tts_adapt.data.target import find_prepared_target
+from tts_adapt.data.target_split import find_prepared_target
 from tts_adapt.evaluate.learning import DEFINITIONS, LOWER_IS_BETTER, select_utterances, summary_rows
 from tts_adapt.evaluate.scoring import RealAudio, cached_scores, score_model
 from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic

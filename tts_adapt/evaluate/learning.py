@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tts_adapt.data.samples import Utterance
-from tts_adapt.data.target import split_speaker
+from tts_adapt.data.target_split import split_speaker
 from tts_adapt.evaluate.scoring import EvalUtterance
 from tts_adapt.models.speakers import SpeakerTable
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tts_adapt.config import check_fields
+from tts_adapt.settings import check_fields
 from tts_adapt.data.corpus.manifest import choose_target
 
 PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
@@ -113,10 +113,10 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     ``target_dir`` / ``heldout_dir``: the user's own adaptation and held-out clips of the target;
     ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot.
     """
-    from tts_adapt.adapt.config import AdaptConfig
+    from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.adapt.strategies import get_strategy
     from tts_adapt.data.speaker_encoder import SpeakerEncoder
-    from tts_adapt.data.target import prepare_target
+    from tts_adapt.data.target_split import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
     from tts_adapt.evaluate.scoring import RealAudio
     from tts_adapt.models.base import TTSBackend

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from tts_adapt.config import check_fields
+from tts_adapt.settings import check_fields
 
 #: Settings added after runs were made without them, with the value those runs used.
 EARLIER_DEFAULTS = {"n_mels": 80, "f0_method": "swipe", "init_from": ""}

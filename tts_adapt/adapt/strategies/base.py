@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from tts_adapt.adapt.config import AdaptConfig
+from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.lora import adapter_parameters, wrap_with_lora
 from tts_adapt.models.trainer import Callback
 from tts_adapt.registry import Registry

@@ -10,7 +10,7 @@ Public API (imported lazily so that reading the configuration stays cheap):
 from tts_adapt.registry import lazy_exports
 
 _EXPORTS = {
-    "CorpusConfig": "config", "CorpusText": "config", "SPEAKER_SETS": "config",
+    "CorpusConfig": "corpus_config", "CorpusText": "corpus_config", "SPEAKER_SETS": "corpus_config",
     "build_corpus": "build", "CorpusSummary": "build",
     "generate_prompts": "prompts",
     "diverse_prompts": "text", "diphone_coverage": "text",

@@ -36,7 +36,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from tts_adapt.data.audio import save_audio
-from tts_adapt.data.corpus.config import SPEAKER_SETS, CorpusConfig, CorpusText
+from tts_adapt.data.corpus.corpus_config import SPEAKER_SETS, CorpusConfig, CorpusText
 from tts_adapt.data.corpus.manifest import read_manifest
 from tts_adapt.data.corpus.prompts import generate_prompts
 from tts_adapt.data.corpus.text import diverse_prompts

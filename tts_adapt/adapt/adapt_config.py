@@ -1,12 +1,12 @@
 """Settings of an adaptation run (free of heavy imports so the CLI starts fast). The target's settings are
-:class:`tts_adapt.data.target.TargetConfig`, the curvature's :class:`tts_adapt.curvature.fit_config.CurvatureConfig`."""
+:class:`tts_adapt.data.target_split.TargetConfig`, the curvature's :class:`tts_adapt.curvature.curvature_config.CurvatureConfig`."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from tts_adapt.config import check_fields
+from tts_adapt.settings import check_fields
 
 MIN_CLIPS, MAX_CLIPS = 10, 50  # target clips an adaptation accepts by default (fewest) and uses (most)
 

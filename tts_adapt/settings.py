@@ -1,4 +1,7 @@
-"""Reading YAML configuration files into the toolkit's dataclass configs."""
+"""Settings shared by every stage: reading YAML configuration files into the dataclass configs, and
+checking their numeric ranges. Each stage's config dataclass lives in a module named after it
+(``adapt/adapt_config.py``: ``AdaptConfig``, ``data/corpus/corpus_config.py``: ``CorpusConfig``,
+``models/pretrain_config.py``: ``PretrainConfig``, ``curvature/curvature_config.py``: ``CurvatureConfig``)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from tts_adapt.config import check_fields
+from tts_adapt.settings import check_fields
 
 
 class CurvatureMethod(str, Enum):

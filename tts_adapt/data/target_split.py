@@ -1,4 +1,7 @@
-"""A target speaker's recordings from a dataset: adaptation clips and disjoint held-out clips.
+"""A target speaker's recordings from a dataset, split into adaptation clips and disjoint held-out clips.
+
+(Named for the split it makes; reading the clips of a target folder for adaptation is
+:mod:`tts_adapt.adapt.clips`.)
 
 ``prepare_target`` writes two folders in the custom layout (``*.wav`` + same-named
 ``*.txt``), as a user would bring their own recordings:
@@ -23,7 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tts_adapt.config import check_fields
+from tts_adapt.settings import check_fields
 from tts_adapt.data.samples import Utterance
 
 TARGET_INFO = "target.json"

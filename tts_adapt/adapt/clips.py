@@ -1,4 +1,8 @@
-"""The target speaker's clips: reading, checking, and splitting off held-out clips."""
+"""The target speaker's clips: reading, checking, and splitting off held-out clips.
+
+The clips an adaptation run trains on, as the user brings them (a folder of wav + txt); the dataset side,
+choosing a speaker's adaptation and held-out clips from a corpus, is :mod:`tts_adapt.data.target_split`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import logging
 import random
 from pathlib import Path
 
-from tts_adapt.adapt.config import MAX_CLIPS, MIN_CLIPS
+from tts_adapt.adapt.adapt_config import MAX_CLIPS, MIN_CLIPS
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.samples import InputReport, Utterance
 from tts_adapt.data.validation import AudioChecks

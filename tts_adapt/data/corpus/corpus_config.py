@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from tts_adapt.config import check_fields
+from tts_adapt.settings import check_fields
 
 SPEAKER_SETS = ("pretrain", "unseen", "target")
 
