@@ -162,7 +162,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     clips accepted, ``max_clips`` the most used (the first ones; ``None``: all).
     ``on_step(step, total_steps, row)`` is called after every optimizer
     step with that step's curve row; returning ``False`` ends the run there with
-    ``stopped="cancelled"`` (the adapter of the best validation so far is saved).
+    ``stopped="cancelled"`` (the adapter of the best validation so far is saved; before the first
+    validation nothing is, and the record returned has ``status="cancelled"``).
 
     Nothing is saved from a run that never reached a finite validation loss (:class:`DivergedError`);
     a run that diverges after one keeps the best validation's adapter and says so in ``stopped``.
@@ -187,8 +188,11 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     state = _resumable_state(out, resume, config)
     created = _check_writable(out)
     try:
-        return _adapt(target_dir, out, model, config, strategy_cls, curvature, targets, state, val_dir, cache_dir,
-                      progress, stop_after, min_clips, max_clips, on_step, t0)
+        run = _adapt(target_dir, out, model, config, strategy_cls, curvature, targets, state, val_dir, cache_dir,
+                     progress, stop_after, min_clips, max_clips, on_step, t0)
+        if created and run.get("status") == "cancelled":
+            shutil.rmtree(out, ignore_errors=True)
+        return run
     except (Exception, KeyboardInterrupt) as err:
         # an interrupted run keeps its checkpoint to resume from; anything else leaves no trace
         if created and not isinstance(err, KeyboardInterrupt):
@@ -252,6 +256,9 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
     stopped = trainer.fit(stop_after=stop_after)
     if stopped == "interrupted":
         return {"status": "interrupted", "step": trainer.step}
+    if trainer.best is None and stopped == "cancelled":  # nothing validated yet: nothing to keep
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        return {"status": "cancelled", "stopped": stopped, "steps": trainer.step}
     if trainer.best is None:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # a diverged state is not worth resuming
         why = f"{stopped} at step {trainer.step}" if stopped != "steps" else "every validation loss was non-finite"
