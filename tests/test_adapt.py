@@ -547,3 +547,22 @@ def test_synthesize_command_with_an_adapter(runs, base_model, tmp_path, capsys):
     assert main(["synthesize", "--model", str(base_model), "--adapter", str(out), "--list-speakers"]) == 0
     listed = capsys.readouterr().out
     assert "target" in listed and old in listed
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_save_names_the_folder_and_leaves_nothing(target_dir, base_model, feature_cache, tmp_path,
+                                                                 monkeypatch):
+    import errno
+
+    from peft import PeftModel
+
+    def no_space(self, path, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", no_space)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match=r"out: could not write the adapter \(No space left on device\)"):
+        adapt(target_dir, out, base_model, QUICK, cache_dir=feature_cache, progress=False)
+    assert not out.exists()
