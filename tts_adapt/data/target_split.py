@@ -26,8 +26,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tts_adapt.settings import check_fields
 from tts_adapt.data.samples import Utterance
+from tts_adapt.settings import check_fields
 
 TARGET_INFO = "target.json"
 
