@@ -373,7 +373,7 @@ def test_clips_below_the_models_rate_or_truncated_are_refused_by_the_cli(own_tar
     err = capsys.readouterr().err
     assert "9 usable clip(s), at least 10 are needed" in err
     for clip in wavs[:2]:
-        assert f"{clip}: recorded at 8000 Hz, below the model's 16000 Hz" in err
+        assert f"{clip}: recorded at 8000 Hz, far below the model's 16000 Hz" in err
     assert f"{wavs[2]}: truncated: its header says" in err
     assert not out.exists()
 

@@ -410,7 +410,7 @@ BAD_CASES = [
     BadCase("truncated-wav", _custom_with("bad", audio=truncated), "truncated audio",
             "truncated: its header says 2.80 s (44800 frames) but the file holds 1.40 s"),
     BadCase("sample-rate-below-the-model", _custom_with("bad", audio=lambda p: tone(p, sr=8000)),
-            "sample rate too low", "recorded at 8000 Hz, below the model's 16000 Hz"),
+            "sample rate too low", "recorded at 8000 Hz, far below the model's 16000 Hz"),
     BadCase("nothing-speakable-punctuation", _custom_with("bad", audio=tone, text="!!! ..."), "nothing speakable",
             "transcript '!!! ...' has nothing to speak"),
     BadCase("wrong-sample-rate", _custom_with("bad", audio=lambda p: tone(p, sr=22050)), "wrong sample rate",
@@ -583,3 +583,12 @@ def test_ljspeech_short_row_names_the_line(tmp_path):
         fh.write("LJ001-0003|only two columns\n")
     with pytest.raises(DatasetLayoutError, match=r"metadata.csv line 3 has 2 column\(s\)"):
         read_dataset(root)
+
+
+def test_clips_that_keep_most_of_the_models_band_are_upsampled_and_far_lower_ones_refused():
+    from tts_adapt.data.validation import low_sample_rate
+
+    assert low_sample_rate(16000, 22050) is None and low_sample_rate(24000, 22050) is None  # VCTK, LibriTTS
+    assert low_sample_rate(12000, 16000) is None
+    assert "far below the model's 16000 Hz" in low_sample_rate(8000, 16000)
+    assert "at least 15435 Hz is needed" in low_sample_rate(11025, 22050)

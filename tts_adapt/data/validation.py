@@ -28,17 +28,23 @@ log = logging.getLogger(__name__)
 ENGLISH_ALPHABET = frozenset(string.ascii_letters + string.digits + " .,;:!?'\"-()")
 
 
+#: a clip at a lower rate than the model's is upsampled (with a warning) when it keeps at least this share of
+#: the model's band, e.g. VCTK's or LibriTTS's 16-24 kHz for a 22.05 kHz model; below it, it is refused
+MIN_BAND_SHARE = 0.7
+
+
 def low_sample_rate(file_rate: int, model_rate: int) -> str | None:
     """Why a clip recorded at ``file_rate`` Hz cannot be used for a model at ``model_rate`` Hz, or None.
 
-    The one rule for the CLI, the Python API and the demo: a clip below the model's rate is refused rather
-    than upsampled. Upsampling adds no frequencies, so the model would learn the voice as a band-limited
-    (muffled) one, and a note in a run's record is read too late to matter.
+    The one rule for the CLI, the Python API and the demo. Upsampling adds no frequencies, so a clip far
+    below the model's rate (8 kHz telephone speech for a 16 kHz model) would teach the model a band-limited,
+    muffled voice: such a clip is refused. A clip that keeps most of the band (at least
+    :data:`MIN_BAND_SHARE` of the model's rate) is upsampled, with a warning on stderr where it happens.
     """
-    if file_rate >= model_rate:
+    if file_rate >= MIN_BAND_SHARE * model_rate:
         return None
-    return (f"recorded at {file_rate} Hz, below the model's {model_rate} Hz "
-            "(upsampling cannot restore the missing frequencies)")
+    return (f"recorded at {file_rate} Hz, far below the model's {model_rate} Hz (upsampling cannot restore the "
+            f"missing frequencies; at least {round(MIN_BAND_SHARE * model_rate)} Hz is needed)")
 
 
 def speakable(text: str) -> bool:
@@ -123,8 +129,9 @@ def check_audio(utt: Utterance, report: InputReport, checks: AudioChecks) -> Utt
     if too_low and not checks.allow_upsampling:
         report.bad(path, too_low, "sample rate too low")
         return None
-    if too_low:
-        log.warning("%s: upsampling %d Hz to %d Hz", path, info.samplerate, checks.sample_rate)
+    if info.samplerate < checks.sample_rate:
+        log.warning("%s: upsampling %d Hz to %d Hz (nothing above %d Hz)", path, info.samplerate, checks.sample_rate,
+                    info.samplerate // 2)
     try:
         wav, notes = load_audio(path, checks.sample_rate)
     except AudioError as err:
