@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, TargetConfig)
     p.set_defaults(func=cmd_prepare_target)
 
-    from tts_adapt.evaluate.sweep import SweepConfig
+    from tts_adapt.evaluate.sweep_config import SweepConfig
 
     p = sub.add_parser("sweep", help="adapt + evaluate over strategies and penalty strengths",
                        description="Adapt and evaluate every (strategy, λ) cell, each cached and resumable, and "
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
     p.set_defaults(func=cmd_demo)
 
-    from tts_adapt.evaluate.sweep import SweepConfig
+    from tts_adapt.evaluate.sweep_config import SweepConfig
     from tts_adapt.quickstart import QUICKSTART_LAM
 
     q = sub.add_parser("quickstart", help="run the main job on the embedded default",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tts_adapt.evaluate.sweep import SweepConfig
+from tts_adapt.evaluate.sweep_config import SweepConfig
 
 QUICKSTART_STRATEGIES = ("lora", "kfac")
 QUICKSTART_LAM = 1000.0  # penalty strength of LoRA + K-FAC, in pretraining utterances

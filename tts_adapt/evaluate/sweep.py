@@ -17,76 +17,35 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from tts_adapt.settings import check_fields
+from tts_adapt.adapt.adapt_config import AdaptConfig
+from tts_adapt.adapt.strategies import get_strategy
+from tts_adapt.adapt.train import adapt
+from tts_adapt.curvature.run import fit_curvature_file
+from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
 from tts_adapt.data.corpus.manifest import choose_target
+from tts_adapt.data.speaker_encoder import SpeakerEncoder
+from tts_adapt.data.target_split import prepare_target
+from tts_adapt.evaluate.adapter import evaluate_adapter
+from tts_adapt.evaluate.scoring import RealAudio
+from tts_adapt.evaluate.sweep_config import SweepConfig
+from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
+from tts_adapt.models.base import TTSBackend
+from tts_adapt.models.synthesis import default_model_dir
 
 PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
 LEARNING_SIM_TOLERANCE = 0.02  # target similarity within this of plain LoRA counts as equal learning
 LEARNING_MCD_TOLERANCE = 0.05  # and target MCD within 5 %
 
 
-def _as_tuple(value, cast, name: str) -> tuple:
-    items = value.split(",") if isinstance(value, str) else value
-    try:
-        return tuple(cast(v.strip() if isinstance(v, str) else v) for v in items
-                     if not (isinstance(v, str) and not v.strip()))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: could not read {value!r} as a list ({err})") from err
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    strategies: tuple[str, ...] = field(default=("lora", "l2", "diag", "kfac", "ekfac"),
-                                        metadata={"help": "Strategies, comma-separated."})
-    lams: tuple[float, ...] = field(default=(1000.0, 3000.0, 10000.0),
-                                    metadata={"help": "Penalty strengths λ, comma-separated (not used by lora)."})
-    clips: int = field(default=20, metadata={"range": ">= 1", "help": "Target clips to adapt on (embedded default)."})
-    heldout: int = field(default=8, metadata={"range": ">= 1", "help": "Held-out target clips to measure learning on."})
-    steps: int = field(default=200, metadata={"range": ">= 1", "help": "Adaptation steps per cell."})
-    rank: int = field(default=8, metadata={"range": ">= 1", "help": "LoRA rank."})
-    lr: float = field(default=2e-3, metadata={"range": "> 0, <= 1", "help": "Adaptation learning rate."})
-    curvature_utterances: int = field(default=400, metadata={"range": ">= 1", "help": "Pretraining utterances for the curvature."})
-    old_speakers: int = field(default=8, metadata={"range": ">= 0", "help": "Old (pretraining) speakers to measure forgetting on."})
-    unseen_speakers: int = field(default=6, metadata={"range": ">= 0", "help": "Unseen voices (zero-shot) to measure forgetting on."})
-    per_speaker: int = field(default=2, metadata={"range": ">= 1", "help": "Held-out utterances per old / unseen speaker."})
-    seed: int = field(default=0, metadata={"help": "Seed of adaptation and of the curvature sample."})
-
-    def __post_init__(self):
-        check_fields(self)
-        # imported here so that the CLI reads this config without importing PyTorch
-        from tts_adapt.adapt.strategies import get_strategy
-
-        # lists may come as "a,b" (command line) or YAML lists
-        object.__setattr__(self, "strategies", _as_tuple(self.strategies, str, "strategies"))
-        object.__setattr__(self, "lams", _as_tuple(self.lams, float, "lams"))
-
-        for s in self.strategies:
-            get_strategy(s)  # an unknown name is an error listing the registered ones
-        if any(lam <= 0 for lam in self.lams):
-            raise ValueError(f"lams must be positive, got {self.lams}")
-        if not self.lams and any(get_strategy(s).uses_lam for s in self.strategies):
-            raise ValueError("lams: give at least one penalty strength for the penalised strategies")
-
-    def cells(self) -> list[tuple[str, float]]:
-        from tts_adapt.adapt.strategies import get_strategy
-
-        return [(s, 0.0) for s in self.strategies if not get_strategy(s).uses_lam] + \
-               [(s, float(lam)) for s in self.strategies if get_strategy(s).uses_lam for lam in sorted(self.lams)]
-
-
 def cell_name(strategy: str, lam: float) -> str:
-    from tts_adapt.adapt.strategies import get_strategy  # (this module's configs are read without PyTorch)
-
     return f"{strategy}_lam{lam:g}" if get_strategy(strategy).uses_lam else strategy
 
 
 def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
     """A finished adapter in ``folder`` with these settings, else adapt (resuming an interrupted run)."""
-    from tts_adapt.adapt.train import adapt
-
     run_json = folder / "run.json"
     if run_json.is_file():
         run = json.loads(run_json.read_text(encoding="utf-8"))
@@ -113,15 +72,6 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     ``target_dir`` / ``heldout_dir``: the user's own adaptation and held-out clips of the target;
     ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot.
     """
-    from tts_adapt.adapt.adapt_config import AdaptConfig
-    from tts_adapt.adapt.strategies import get_strategy
-    from tts_adapt.data.speaker_encoder import SpeakerEncoder
-    from tts_adapt.data.target_split import prepare_target
-    from tts_adapt.evaluate.adapter import evaluate_adapter
-    from tts_adapt.evaluate.scoring import RealAudio
-    from tts_adapt.models.base import TTSBackend
-    from tts_adapt.models.synthesis import default_model_dir
-
     config = config or SweepConfig()  # (not a default argument: building one imports PyTorch)
     out = Path(out)
     t_all = time.time()
@@ -182,9 +132,6 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
 def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, *, num_utterances: int, seed: int,
                      layout: str, cache_dir, progress: bool, echo) -> Path:
     """``folder/<method>.safetensors``: reused when it matches the model, else fitted on ``num_utterances``."""
-    from tts_adapt.curvature.run import fit_curvature_file
-    from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
-
     path = folder / f"{method}.safetensors"
     try:
         Curvature.load(path, backend)
@@ -333,8 +280,6 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tts_adapt.io import atomic_path
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = {"lora": "black", "l2": "tab:gray", "diag": "tab:orange", "kfac": "tab:blue", "ekfac": "tab:green"}
     labels = STRATEGY_LABELS
@@ -372,8 +317,6 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
-    from tts_adapt.io import write_csv_atomic, write_json_atomic, write_text_atomic
-
     write_csv_atomic(out / "table.csv", rows)
     write_text_atomic(out / "table.md", to_markdown(rows, summary))
     write_json_atomic(out / "summary.json", summary)
