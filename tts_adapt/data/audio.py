@@ -106,8 +106,17 @@ def load_audio(path: str | Path, sample_rate: int, *, mono: bool = True) -> tupl
     wav = data[:, 0] if mono else data.T
     if sr != sample_rate:
         notes.append(f"resampled {sr} Hz to {sample_rate} Hz")
-        wav = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(wav)), sr, sample_rate).numpy()
+        wav = resample(wav, sr, sample_rate)
     return np.ascontiguousarray(wav, dtype=np.float32), notes
+
+
+def resample(wav: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """``wav`` ``(num_samples,)`` (or ``(channels, num_samples)``) at ``sample_rate`` as float32 at
+    ``target_rate`` (torchaudio's windowed-sinc resampler, the one every audio file is read with)."""
+    wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if sample_rate == target_rate:
+        return wav
+    return torchaudio.functional.resample(torch.from_numpy(wav), sample_rate, target_rate).numpy()
 
 
 def wav_header_frames(path: str | Path) -> int | None:
