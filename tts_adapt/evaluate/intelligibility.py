@@ -157,10 +157,12 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str], *, confide
     refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
     word_errors, words = [r["word_errors"] for r in rows], [r["words"] for r in rows]
     char_errors, chars = [r["char_errors"] for r in rows], [r["chars"] for r in rows]
-    interval = dict(confidence=confidence, resamples=resamples, seed=seed)
+    interval = {"confidence": confidence, "resamples": resamples, "seed": seed}
     return {"utterances": rows,
-            "wer": float(jiwer.wer(refs, hyps)), "wer_interval": list(bootstrap_interval(word_errors, words, **interval)),
-            "cer": float(jiwer.cer(refs, hyps)), "cer_interval": list(bootstrap_interval(char_errors, chars, **interval)),
+            "wer": float(jiwer.wer(refs, hyps)),
+            "wer_interval": list(bootstrap_interval(word_errors, words, **interval)),
+            "cer": float(jiwer.cer(refs, hyps)),
+            "cer_interval": list(bootstrap_interval(char_errors, chars, **interval)),
             "confidence": confidence, "utterances_count": len(rows), "words": int(sum(words)),
             "chars": int(sum(chars))}
 
