@@ -53,7 +53,8 @@ from tts_adapt.data.corpus.build import _render_one  # the builder's own clip: s
 from tts_adapt.data.corpus.manifest import read_manifest
 from tts_adapt.data.corpus.voices import SpeakerSpec
 from tts_adapt.evaluate.intelligibility import CONFIDENCE, Recogniser, error_rates
-from tts_adapt.models.synthesis import Synthesizer, default_model_dir, reference_d_vector
+from tts_adapt.evaluate.scoring import speak_as
+from tts_adapt.models.synthesis import Synthesizer, default_model_dir
 
 SOURCES = ("recordings", "copy synthesis", "model")
 
@@ -221,13 +222,7 @@ def main() -> None:
             t2 = time.perf_counter()
             transcripts["copy synthesis"].append(recogniser.transcribe(copy, sr))
             t3 = time.perf_counter()
-            if it.references:
-                key = tuple(it.references)
-                if key not in voices:
-                    voices[key] = reference_d_vector(it.references, sr, synth.backend)
-                wav = synth.speak(it.text, d_vector=voices[key])
-            else:
-                wav = synth.speak(it.text, speaker=it.speaker)
+            wav = speak_as(synth, it.text, it.speaker, it.references, voices)
             t4 = time.perf_counter()
             transcripts["model"].append(recogniser.transcribe(wav, sr))
             t5 = time.perf_counter()

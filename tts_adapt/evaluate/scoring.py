@@ -104,6 +104,17 @@ def similarities(emb: np.ndarray, real: np.ndarray) -> np.ndarray:
     return cosine_matrix(emb[None], real)[0]
 
 
+def speak_as(synth, text: str, speaker: str, references, voices: dict) -> "np.ndarray":
+    """``text`` in ``speaker``'s voice: by name, or zero-shot from the d-vector of its ``references`` (reference
+    clips), which the model's encoder computes once per speaker into ``voices``."""
+    if not references:
+        return synth.speak(text, speaker=speaker)
+    key = tuple(references)
+    if key not in voices:
+        voices[key] = reference_d_vector(references, synth.sample_rate, synth.backend)
+    return synth.speak(text, d_vector=voices[key])
+
+
 def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, name: str,
                 cache_dir: Path | None = None, wav_dir: Path | None = None, pitch: bool = True,
                 source: str = "model", rivals: dict[str, list[str]] | None = None, progress: bool = True) -> dict:
@@ -124,13 +135,8 @@ def score_model(synth, items: list[EvalUtterance], real: RealAudio, encoder, *, 
     for it in tqdm(items, desc=f"synthesising and scoring ({name})", unit="utt", disable=not progress):
         if source == "copy synthesis":
             wav = synth.copy_synthesis(it.audio)
-        elif it.references:
-            key = tuple(it.references)
-            if key not in voices:
-                voices[key] = reference_d_vector(it.references, sr, synth.backend)
-            wav = synth.speak(it.text, d_vector=voices[key])
         else:
-            wav = synth.speak(it.text, speaker=it.speaker)
+            wav = speak_as(synth, it.text, it.speaker, it.references, voices)
         m = compare(analyse(wav, sr, pitch=pitch), real.analysis(it.audio, pitch=pitch))
         rows.append({"set": it.set, "speaker": it.speaker, "utt_id": it.utt_id, **m})
         wavs_by_speaker[(it.set, it.speaker)].append(wav)
