@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from tts_adapt.data.audio import AudioConfig, LogMel, save_audio
+from tts_adapt.data.audio import AudioConfig, LogMel
 from tts_adapt.data.samples import Utterance
 from tts_adapt.evaluate.metrics import f0_track
 from tts_adapt.models import Batch, FastPitchBackend, ModelFolderError, TTSBackend, get_backend
