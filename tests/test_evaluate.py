@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tts_adapt.adapt.adapt_config import AdaptConfig
@@ -15,8 +16,9 @@ from tts_adapt.adapt.train import adapt
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.target_split import PreparedTarget, prepare_target, split_speaker
 from tts_adapt.evaluate.adapter import EvaluationInputError, evaluate_adapter
-from tts_adapt.evaluate.learning import DEFINITIONS, SETS, UTTERANCE_METRICS
-from tts_adapt.evaluate.sweep import SweepConfig, run_sweep, summarise, to_markdown
+from tts_adapt.evaluate.learning import DEFINITIONS, SETS
+from tts_adapt.evaluate.measures import MEASURES
+from tts_adapt.evaluate.sweep import SweepConfig, aggregate, outside_noise, run_sweep, summarise, to_markdown
 
 
 def _target_speaker(corpus: Path) -> str:
@@ -84,21 +86,37 @@ def test_report_on_a_tiny_model_has_every_field(report, adapter):
     assert on_disk["rows"] == report["rows"]
     assert report["counts"] == {"target": 2, "pretrain": 2, "unseen": 1}
     got = {(r["set"], r["metric"]) for r in report["rows"]}
+    # (pitch error and gross errors pair only frames voiced in both: a 2-step model may voice none)
     for group in SETS:
-        for metric in (*UTTERANCE_METRICS, "similarity"):
-            assert (group, metric) in got
+        for metric in ("mcd_db", "vde", "wer", "cer", "dnsmos", "similarity", "id_top1", "id_rank"):
+            assert (group, metric) in got, (group, metric)
     assert ("target", "mel_loss") in got and ("pretrain", "mel_loss") in got
     for r in report["rows"]:
-        assert {"set", "metric", "n", "base", "adapted", "change", "change_se"} <= set(r)
-        if r["metric"] == "f0_rmse_hz":  # pairs only utterances voiced in both; a 2-step model may not voice
-            continue
-        assert r["change"] == pytest.approx(r["adapted"] - r["base"], abs=1e-6)
-        assert math.isfinite(r["adapted"])
+        assert set(r) == {"set", "metric", "n", "base", "base_ci", "adapted", "adapted_ci", "change", "change_ci",
+                          "real", "real_ci"}
+        for key in ("base", "adapted", "change", "real"):
+            low, high = r[f"{key}_ci"]
+            if r[key] is None:
+                assert low is None and high is None
+            else:
+                assert math.isfinite(r[key]) and low - 1e-9 <= r[key] <= high + 1e-9, (r["metric"], key)
+        # the real recordings are scored where a measure applies to one clip: floors and ceilings (a real clip's
+        # similarity is taken with the other held-out clips of its speaker: none with one clip per speaker)
+        if not MEASURES[r["metric"]].real or (r["metric"] == "similarity" and r["set"] != "target"):
+            assert r["real"] is None, r["metric"]
+        else:
+            assert r["real"] is not None, r["metric"]
+        if r["metric"] in ("mcd_db", "vde", "wer", "cer", "dnsmos", "id_top1", "id_rank"):
+            assert r["change"] == pytest.approx(r["adapted"] - r["base"], abs=1e-6)
     assert set(report["definitions"]) == set(DEFINITIONS)
+    # each real recording is identified among the voice prints of every speaker
+    assert all(r["real"] >= 0.5 for r in report["rows"] if r["metric"] == "id_top1" and r["set"] == "pretrain")
     md = (out / "report.md").read_text()
-    assert "Definitions" in md and "old speakers (forgetting)" in md
-    assert len(report["images"]) == 2 and all((out / name).stat().st_size > 1000 for name in report["images"])
-    assert (out / "utterances.csv").read_text().count("\n") == 1 + 3 * 5
+    assert "Definitions" in md and "old speakers (forgetting)" in md and "word error rate" in md
+    assert "e-0" not in md  # no figure in exponent notation
+    assert len(report["images"]) == 3 and all((out / name).stat().st_size > 1000 for name in report["images"])
+    assert "report.png" in report["images"]
+    assert (out / "utterances.csv").read_text().count(",mcd_db,") == 5
     assert len(list((out / "wavs" / "adapted").rglob("*.wav"))) == 5
 
 
@@ -146,7 +164,7 @@ def test_cli_evaluates_an_adapter(adapter, feature_cache, tmp_path, capsys):
 # --------------------------------------------------------------------------- sweep
 def _row(strategy, lam, sim, mcd, dmcd, loss=0.14):
     return {"cell": f"{strategy}{lam}", "strategy": strategy, "lam": lam, "target_similarity": sim,
-            "target_mcd": mcd, "target_mel_loss": loss, "old_dmcd": dmcd}
+            "target_mcd": mcd, "target_mel_loss": loss, "old_dmcd": dmcd, "old_dmcd_ci": [dmcd - 0.1, dmcd + 0.1]}
 
 
 def test_headline_picks_each_strategys_lambda_with_least_forgetting_at_equal_learning():
@@ -165,10 +183,39 @@ def test_headline_picks_each_strategys_lambda_with_least_forgetting_at_equal_lea
     assert "LoRA + L2: no λ of the grid" in md and "cut by 60 % (goal 50 %: met)" in md
 
 
+def _seed_rows(strategy, lam, dmcds, sim=0.7, mcd=8.0):
+    return [{**_row(strategy, lam, sim, mcd, d), "cell": f"{strategy}{lam}", "seed": k} for k, d in enumerate(dmcds)]
+
+
+def test_lines_over_seeds_are_means_with_standard_errors_and_small_differences_are_ties():
+    rows = aggregate(_seed_rows("lora", 0, [2.0, 2.2, 2.4]) + _seed_rows("kfac", 10, [1.0, 1.1, 1.2])
+                     + _seed_rows("diag", 10, [1.9, 2.5, 1.6]))
+    lora, kfac, diag = rows
+    assert lora["seeds"] == 3 and lora["old_dmcd"] == pytest.approx(2.2)
+    assert lora["old_dmcd_se"] == pytest.approx(np.std([2.0, 2.2, 2.4], ddof=1) / np.sqrt(3))
+    assert outside_noise(kfac, lora, "old_dmcd") and not outside_noise(diag, lora, "old_dmcd")
+    h = summarise(rows, SweepConfig(strategies=("lora", "kfac", "diag"), lams=(10,), seeds=(0, 1, 2)), 1.0)
+    best = h["headline"]["best_at_equal_learning"]
+    assert best["kfac"]["outside_noise"] and not best["diag"]["outside_noise"]
+    assert h["headline"]["goal_met"]
+    md = to_markdown(rows, h)
+    assert "inside the noise: a tie" in md and "± " in md and "mean over 3 adaptation seeds" in md
+
+
+def test_with_one_seed_the_noise_is_the_bootstrap_interval_over_utterances():
+    a = {"old_dmcd": 2.0, "old_dmcd_ci": [1.6, 2.4]}
+    assert outside_noise(a, {"old_dmcd": 1.0, "old_dmcd_ci": [0.7, 1.3]}, "old_dmcd")
+    assert not outside_noise(a, {"old_dmcd": 1.5, "old_dmcd_ci": [1.1, 1.9]}, "old_dmcd")
+    assert not outside_noise(a, {"old_dmcd": 1.0}, "old_dmcd")  # no interval: no call
+
+
 def test_sweep_config_reads_comma_separated_lists_and_rejects_unknown_strategies():
     c = SweepConfig(strategies="lora, kfac", lams="10,100")
     assert c.strategies == ("lora", "kfac") and c.lams == (10.0, 100.0)
     assert c.cells() == [("lora", 0.0), ("kfac", 10.0), ("kfac", 100.0)]
+    assert c.adaptation_seeds() == (0,) and SweepConfig(seeds="3, 4").adaptation_seeds() == (3, 4)
+    with pytest.raises(ValueError, match="each seed once"):
+        SweepConfig(seeds="1,1")
     with pytest.raises(ValueError, match="unknown strategy 'bogus'; valid: lora"):
         SweepConfig(strategies="lora,bogus")
     with pytest.raises(ValueError, match="could not read"):
@@ -179,15 +226,18 @@ def test_sweep_config_reads_comma_separated_lists_and_rejects_unknown_strategies
 def test_sweep_writes_table_plot_and_reuses_finished_cells(tiny_model, tiny_corpus, prepared, feature_cache,
                                                           tmp_path):
     config = SweepConfig(strategies=("lora", "kfac"), lams=(10.0,), steps=2, curvature_utterances=8,
-                         old_speakers=1, unseen_speakers=1, per_speaker=1)
+                         old_speakers=1, unseen_speakers=1, per_speaker=1, seeds=(0, 1))
     out = tmp_path / "sweep"
     publish = tmp_path / "docs"
     kwargs = dict(model=tiny_model, data=tiny_corpus, target_dir=prepared.clips_dir,
                   heldout_dir=prepared.heldout_dir, cache_dir=feature_cache, progress=False, echo=lambda *a: None)
     summary = run_sweep(out, config, publish=publish, **kwargs)
     assert [c["cell"] for c in summary["cells"]] == ["lora", "kfac_lam10"]
-    for name in ("table.csv", "table.md", "summary.json", "pareto.png"):
+    assert all(c["seeds"] == 2 for c in summary["cells"])
+    assert (out / "cells" / "kfac_lam10-seed1" / "adapter" / "eval" / "report.json").is_file()
+    for name in ("table.csv", "table.md", "summary.json", "pareto.png", "runs.csv"):
         assert (out / name).is_file() and (publish / name).is_file()
+    assert (out / "runs.csv").read_text().count("\n") == 1 + 4
     assert "kfac_lam10" in (out / "table.md").read_text()
     lora = summary["cells"][0]
     # a headline needs plain LoRA to have forgotten something (a reduction of nothing is undefined)

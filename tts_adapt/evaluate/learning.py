@@ -9,17 +9,16 @@ the real recordings of the same sentences:
 * ``unseen``: voices neither model was trained on, zero-shot from reference clips
   (forgetting of the zero-shot skill; d-vector models only).
 
-Per utterance: MCD-DTW, F0 RMSE, voicing error; per speaker: speaker similarity;
-per set: the teacher-forced mel loss. Each is reported for both models and as the
-change (adapted - base) with the standard error of the paired per-utterance
-(or per-speaker) differences. The utterances are scored by :mod:`tts_adapt.evaluate.scoring`; this
-module chooses them and sets the two models' scores side by side.
+Every measure of :mod:`tts_adapt.evaluate.measures` is scored per utterance; each is reported for
+both models, for the real recordings where it applies to them (the recogniser's floor, the ceilings
+of naturalness and identification), and as the change (adapted - base), each figure with its 95 %
+bootstrap interval over utterances (the change's over the paired utterances). The utterances are scored
+by :mod:`tts_adapt.evaluate.scoring`; this module chooses them and sets the scores side by side.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,28 +26,19 @@ import numpy as np
 
 from tts_adapt.data.samples import Utterance
 from tts_adapt.data.target_split import split_speaker
+from tts_adapt.evaluate.measures import MEASURES, paired_bootstrap, summarise_rows
 from tts_adapt.evaluate.scoring import EvalUtterance
 from tts_adapt.models.speakers import SpeakerTable
 
 log = logging.getLogger(__name__)
 SETS = ("target", "pretrain", "unseen")
-UTTERANCE_METRICS = ("mcd_db", "f0_rmse_hz", "voicing_error")
-LOWER_IS_BETTER = {"mcd_db": True, "f0_rmse_hz": True, "voicing_error": True, "similarity": False,
-                   "mel_loss": True}
-
-DEFINITIONS = {
-    "mcd_db": "mel-cepstral distortion (dB): order-24 mel-cepstra (pysptk mcep, all-pass constant from "
-              "pysptk.util.mcepalpha), c0 excluded, leading/trailing silence trimmed, frames aligned by DTW "
-              "(librosa); 10/ln10 * sqrt(2 * sum_d (c_d - c'_d)^2) averaged over the path; mean over utterances",
-    "f0_rmse_hz": "RMSE of F0 (Hz, librosa pYIN 50-600 Hz) over frames voiced in both, on the same DTW path",
-    "voicing_error": "fraction of DTW-aligned frames whose voiced/unvoiced decisions differ (pYIN)",
-    "similarity": "cosine of resemblyzer speaker embeddings: the speaker's synthesised utterances vs the "
-                  "same speaker's real held-out recordings (one embedding each, averaged over utterances)",
-    "mel_loss": "teacher-forced training loss of the acoustic model on the real held-out recordings "
-                "(FastPitch: its L1 mel term in normalised log-mel units)",
-    "change": "adapted - base on the same utterances; ± is the standard error of the paired differences "
-              "(per utterance; per speaker for similarity)",
-}
+#: The measures of an adapter's report, in the order they are shown.
+REPORT_MEASURES = ("mcd_db", "f0_cents", "gpe", "vde", "wer", "cer", "dnsmos", "similarity", "id_top1", "id_rank",
+                   "mel_loss")
+DEFINITIONS = {**{k: MEASURES[k].definition for k in REPORT_MEASURES},
+               "interval": "95 % percentile bootstrap over utterances (1000 resamples); the change's interval "
+                           "resamples the same utterances for both models; a change whose interval contains 0 is "
+                           "inside the noise"}
 
 
 def _spread(names: list[str], count: int) -> list[str]:
@@ -105,50 +95,32 @@ def select_utterances(known: list[str], data_utts: list[Utterance] | None, targe
     return items
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
-    if not len(v):
-        return float("nan"), float("nan")
-    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return float(v.mean()), se
-
-
-def summary_rows(base: dict | None, adapted: dict) -> list[dict]:
-    """One row per (set, metric): base and adapted means, change (adapted - base) and its standard error."""
+def summary_rows(base: dict | None, adapted: dict, recordings: list[dict] | None = None) -> list[dict]:
+    """One row per (set, measure) with a figure: ``base``, ``adapted`` and ``real`` (the real recordings, for the
+    measures that apply to one clip) each with its interval (``*_ci``), and ``change`` (adapted - base over the
+    paired utterances) with ``change_ci``. ``base`` is None for a set the base model was not scored on."""
     rows = []
+    key = lambda r: (r["set"], r["speaker"], r["utt_id"])  # noqa: E731
+    b_by = {key(r): r for r in base["utterances"]} if base else {}
+    real_by = {key(r): r for r in recordings or []}
     for group in SETS:
         a_utts = [r for r in adapted["utterances"] if r["set"] == group]
         if not a_utts:
             continue
-        b_by = {(r["set"], r["speaker"], r["utt_id"]): r for r in base["utterances"]} if base else {}
-        paired = all((r["set"], r["speaker"], r["utt_id"]) in b_by for r in a_utts)
-        for metric in UTTERANCE_METRICS:
-            a = [r[metric] for r in a_utts]
-            b = [b_by[(r["set"], r["speaker"], r["utt_id"])][metric] for r in a_utts] if paired else None
-            rows.append(_row(group, metric, a, b, len(a_utts)))
-        keys = [k for k in adapted["similarity"] if k.split("/")[0] == group]
-        a = [adapted["similarity"][k] for k in keys]
-        b = [base["similarity"][k] for k in keys] if paired else None
-        rows.append(_row(group, "similarity", a, b, len(keys)))
-        if group in adapted["mel_loss"]:
-            b = [base["mel_loss"][group]] if base and group in base["mel_loss"] else None
-            rows.append(_row(group, "mel_loss", [adapted["mel_loss"][group]], b, len(a_utts)))
+        paired = bool(b_by) and all(key(r) in b_by for r in a_utts)
+        b_utts = [b_by[key(r)] for r in a_utts] if paired else []
+        real_utts = [real_by[key(r)] for r in a_utts if key(r) in real_by]
+        for metric in REPORT_MEASURES:
+            adapted_value, adapted_ci = summarise_rows(a_utts, metric)
+            if adapted_value is None:
+                continue  # not scored (e.g. no recogniser, no feature cache)
+            row = {"set": group, "metric": metric, "n": len(a_utts), "adapted": adapted_value,
+                   "adapted_ci": adapted_ci, "base": None, "base_ci": [None, None], "change": None,
+                   "change_ci": [None, None], "real": None, "real_ci": [None, None]}
+            if paired:
+                row["base"], row["base_ci"] = summarise_rows(b_utts, metric)
+                row["change"], row["change_ci"] = paired_bootstrap(a_utts, b_utts, metric)
+            if MEASURES[metric].real and real_utts:
+                row["real"], row["real_ci"] = summarise_rows(real_utts, metric)
+            rows.append(row)
     return rows
-
-
-def _finite(value: float) -> float | None:
-    """NaN (nothing to average, e.g. no frame voiced in both) is stored as JSON null."""
-    return None if value is None or math.isnan(value) else value
-
-
-def _row(group: str, metric: str, adapted: list[float], base: list[float] | None, n: int) -> dict:
-    a_mean, _ = _mean_se(adapted)
-    row = {"set": group, "metric": metric, "n": n, "base": None, "adapted": _finite(a_mean), "change": None,
-           "change_se": None}
-    if base is not None:
-        b_mean, _ = _mean_se(base)
-        diffs = [x - y for x, y in zip(adapted, base)
-                 if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))]
-        change, se = _mean_se(diffs)
-        row.update(base=_finite(b_mean), change=_finite(change), change_se=_finite(se))
-    return row
