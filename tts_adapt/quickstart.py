@@ -24,23 +24,33 @@ QUICKSTART_LAM = 1000.0  # penalty strength of LoRA + K-FAC, in pretraining utte
 def quickstart_config(lam: float = QUICKSTART_LAM, **overrides) -> SweepConfig:
     """The quickstart is a two-cell sweep: plain LoRA and LoRA + K-FAC at one λ, scored on fewer old and
     unseen speakers than a full sweep; ``overrides`` are other :class:`SweepConfig` fields."""
-    return SweepConfig(**{"strategies": QUICKSTART_STRATEGIES, "lams": (lam,), "old_speakers": 4,
-                          "unseen_speakers": 2, **overrides})
+    return SweepConfig(**{"strategies": QUICKSTART_STRATEGIES, "lams": (lam,), "old_speakers": 8,
+                          "unseen_speakers": 4, **overrides})
+
+
+def _ci(r: dict, key: str) -> str:
+    ci = r.get(f"{key}_ci") or [None, None]
+    return "" if None in ci else f"[{ci[0]:+.2f},{ci[1]:+.2f}]"
 
 
 def quickstart_table(rows: list[dict], seconds: dict[str, float]) -> str:
-    """A plain-text table: the base model and each adapter, learning and forgetting side by side."""
-    head = (f"{'model':<12} {'target sim':>10} {'target MCD':>10} {'old MCD':>8} {'old dMCD':>9} "
-            f"{'unseen dMCD':>11} {'time (s)':>9}")
+    """A plain-text table: the base model and each adapter, learning and forgetting side by side, the forgetting
+    figures with their 95 % bootstrap intervals over utterances."""
+    head = (f"{'model':<10} {'target sim':>10} {'target MCD':>10} {'target WER':>10} {'old dMCD [95 % CI]':>20} "
+            f"{'old dWER':>8} {'unseen dMCD [95 % CI]':>22} {'time (s)':>8}")
     lines = [head, "-" * len(head)]
     first = rows[0]
-    lines.append(f"{'base':<12} {first['base_target_similarity']:>10.3f} {first['base_target_mcd']:>10.2f} "
-                 f"{first['base_old_mcd']:>8.2f} {0.0:>+9.2f} {0.0:>+11.2f} {'-':>9}")
+
+    def pct(v, signed=False):
+        return "-" if v is None else (f"{100 * v:+.1f}%" if signed else f"{100 * v:.0f}%")
+
+    lines.append(f"{'base':<10} {first['base_target_similarity']:>10.3f} {first['base_target_mcd']:>10.2f} "
+                 f"{pct(first.get('base_target_wer')):>10} {'+0.00':>20} {pct(0.0, True):>8} {'+0.00':>22} {'-':>8}")
     for r in rows:
-        unseen = f"{r['unseen_dmcd']:>+11.2f}" if r["unseen_dmcd"] is not None else f"{'-':>11}"
-        lines.append(f"{r['cell']:<12} {r['target_similarity']:>10.3f} {r['target_mcd']:>10.2f} "
-                     f"{r['base_old_mcd'] + r['old_dmcd']:>8.2f} {r['old_dmcd']:>+9.2f} {unseen} "
-                     f"{seconds.get(r['cell'], float('nan')):>9.0f}")
+        unseen = "-" if r["unseen_dmcd"] is None else f"{r['unseen_dmcd']:+.2f} {_ci(r, 'unseen_dmcd')}"
+        lines.append(f"{r['cell']:<10} {r['target_similarity']:>10.3f} {r['target_mcd']:>10.2f} "
+                     f"{pct(r.get('target_wer')):>10} {r['old_dmcd']:+.2f} {_ci(r, 'old_dmcd'):>14} "
+                     f"{pct(r.get('old_dwer'), True):>8} {unseen:>22} {seconds.get(r['cell'], float('nan')):>8.0f}")
     return "\n".join(lines)
 
 
@@ -53,8 +63,7 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     from tts_adapt.data.corpus.manifest import choose_target
     from tts_adapt.data.target_split import prepare_target
     from tts_adapt.evaluate.adapter import evaluate_adapter
-    from tts_adapt.evaluate.scoring import RealAudio
-    from tts_adapt.data.speaker_encoder import SpeakerEncoder
+    from tts_adapt.evaluate.scoring import Listeners, RealAudio
     from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.evaluate.model_card import training_steps
@@ -102,24 +111,23 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     echo(f"[5/5] evaluating: the target's {prepared.heldout} held-out clips, {config.old_speakers} old and "
          f"{config.unseen_speakers} unseen speakers, base model against each adapter")
     t0 = time.time()
-    real, encoder = RealAudio(base.audio.sample_rate), SpeakerEncoder()
+    real, listeners = RealAudio(base.audio.sample_rate), Listeners.full()
     rows = []
     for name, path in adapters.items():
         report = evaluate_adapter(path, model=model_dir, old_speakers=config.old_speakers,
                                   unseen_speakers=config.unseen_speakers, per_speaker=config.per_speaker,
-                                  real=real, encoder=encoder, progress=progress)
-        row = cell_row(name, runs[name]["config"]["strategy"], runs[name]["config"]["lam"], runs[name], report)
-        row["base_old_mcd"] = next(r["base"] for r in report["rows"]
-                                   if r["set"] == "pretrain" and r["metric"] == "mcd_db")
-        rows.append(row)
+                                  real=real, listeners=listeners, progress=progress)
+        rows.append(cell_row(name, runs[name]["config"]["strategy"], runs[name]["config"]["lam"], runs[name], report))
     seconds["evaluation"] = time.time() - t0
     echo("")
     echo(quickstart_table(rows, seconds))
     echo("")
     echo("target sim: speaker similarity to the target's real held-out clips (higher is better); MCD: "
-         "mel-cepstral distortion in dB (lower is better); old / unseen dMCD: change of the MCD of old "
-         "(pretraining) speakers and of unseen voices spoken zero-shot, from the base model's (forgetting; "
-         "closer to 0 is better).")
+         "mel-cepstral distortion in dB (lower is better); WER: word error rate of a speech recogniser "
+         "(lower is better); old / unseen dMCD, dWER: change from the base model's on old (pretraining) speakers "
+         "and on unseen voices spoken zero-shot (forgetting; closer to 0 is better). Every report, with "
+         "pitch, naturalness and identification too: <adapter>/eval/report.md; what the measures mean: "
+         "docs/measures.md.")
     total = time.time() - t_all
     echo(f"done in {total:.0f} s. Reports with spectrograms and wavs: {workdir / 'adapters'}/<model>/eval/ ; "
          f"listen side by side with: tts-adapt demo --adapters {workdir / 'adapters'}")

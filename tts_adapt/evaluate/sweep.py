@@ -4,8 +4,14 @@ Layout of a sweep folder::
 
     target/            adaptation clips and held-out clips (tts-adapt prepare-target), unless given
     curvature/         one file per curvature method the strategies need (fitted once)
-    cells/<name>/      adapter/ (tts-adapt adapt) and adapter/eval/ (tts-adapt evaluate)
-    table.csv, table.md, pareto.png, summary.json
+    cells/<name>/      adapter/ (tts-adapt adapt) and adapter/eval/ (tts-adapt evaluate), for the first seed;
+    cells/<name>-seed<k>/   the same for every further adaptation seed k
+    runs.csv           one line per cell and seed
+    table.csv, table.md, pareto.png, summary.json   one line per cell: the mean over seeds ± standard error
+
+A difference is called only when it is outside the noise: over several seeds, when it exceeds twice the
+standard error of the difference of the two means; with one seed, when the 95 % bootstrap intervals over
+utterances of the two figures do not overlap. Otherwise it is a tie.
 
 Every cell is cached: a finished adapter whose run.json holds the same settings
 is kept, an interrupted one resumes, a report newer than its adapter is reused.
@@ -20,28 +26,35 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.train import adapt
 from tts_adapt.curvature.run import fit_curvature_file
 from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
 from tts_adapt.data.corpus.manifest import choose_target
-from tts_adapt.data.speaker_encoder import SpeakerEncoder
 from tts_adapt.data.target_split import prepare_target
 from tts_adapt.evaluate.adapter import evaluate_adapter
-from tts_adapt.evaluate.scoring import RealAudio
+from tts_adapt.evaluate.scoring import Listeners, RealAudio
 from tts_adapt.evaluate.sweep_config import SweepConfig
 from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.synthesis import default_model_dir
 
-PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png")
+PUBLISHED = ("table.csv", "table.md", "summary.json", "pareto.png", "runs.csv")
 LEARNING_SIM_TOLERANCE = 0.02  # target similarity within this of plain LoRA counts as equal learning
 LEARNING_MCD_TOLERANCE = 0.05  # and target MCD within 5 %
 
 
 def cell_name(strategy: str, lam: float) -> str:
     return f"{strategy}_lam{lam:g}" if get_strategy(strategy).uses_lam else strategy
+
+
+def cell_folder(out: Path, name: str, seed: int, config: SweepConfig) -> Path:
+    """``cells/<name>/adapter`` for the first adaptation seed, ``cells/<name>-seed<k>/adapter`` for the others."""
+    first = config.adaptation_seeds()[0]
+    return out / "cells" / (name if seed == first else f"{name}-seed{seed}") / "adapter"
 
 
 def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
@@ -100,33 +113,38 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
                                               seed=config.seed, layout=layout, cache_dir=cache_dir,
                                               progress=progress, echo=echo)
 
-    real, encoder = RealAudio(backend.audio.sample_rate), SpeakerEncoder()
-    results = []
-    cells = config.cells()
-    for k, (strategy, lam) in enumerate(cells, 1):
+    real, listeners = RealAudio(backend.audio.sample_rate), Listeners.full()
+    runs = []
+    cells = [(strategy, lam, seed) for strategy, lam in config.cells() for seed in config.adaptation_seeds()]
+    for k, (strategy, lam, seed) in enumerate(cells, 1):
         name = cell_name(strategy, lam)
-        folder = out / "cells" / name / "adapter"
-        cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
-                          seed=config.seed)
-        echo(f"[{k}/{len(cells)}] {name}")
+        folder = cell_folder(out, name, seed, config)
+        cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr, seed=seed)
+        echo(f"[{k}/{len(cells)}] {name}, seed {seed}")
         run = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(curvature_of[strategy]),
                           progress, echo)
         report_file = folder / "eval" / "report.json"
-        if report_file.is_file() and report_file.stat().st_mtime >= (folder / "run.json").stat().st_mtime:
-            report = json.loads(report_file.read_text(encoding="utf-8"))
-        else:
+        report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
+        if report is None or report_file.stat().st_mtime < (folder / "run.json").stat().st_mtime \
+                or not _current(report):
             report = evaluate_adapter(folder, model=model_dir, target_dir=heldout, data=data, layout=layout,
                                       old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
                                       per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
-                                      encoder=encoder, progress=progress)
-        results.append(cell_row(name, strategy, lam, run, report))
-    summary = summarise(results, config, seconds=time.time() - t_all)
-    write_outputs(out, results, summary)
+                                      listeners=listeners, progress=progress)
+        runs.append({**cell_row(name, strategy, lam, run, report), "seed": seed})
+    rows = aggregate(runs)
+    summary = summarise(rows, config, seconds=time.time() - t_all)
+    write_outputs(out, rows, summary, runs)
     if publish is not None:
         Path(publish).mkdir(parents=True, exist_ok=True)
         for name in PUBLISHED:
             shutil.copyfile(out / name, Path(publish) / name)
     return summary
+
+
+def _current(report: dict) -> bool:
+    """Was the report written with today's measures (intervals on every figure)?"""
+    return bool(report.get("rows")) and all("adapted_ci" in r for r in report["rows"])
 
 
 def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, *, num_utterances: int, seed: int,
@@ -149,29 +167,79 @@ def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, 
 def _get(report: dict, group: str, metric: str, key: str):
     for r in report["rows"]:
         if r["set"] == group and r["metric"] == metric:
-            v = r[key]
+            v = r.get(key)
+            if isinstance(v, list):
+                return [None if x is None or (isinstance(x, float) and math.isnan(x)) else x for x in v]
             return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-    return None
+    return [None, None] if key.endswith("_ci") else None
+
+
+#: The figures of a sweep line: (column, set, measure, which figure of the report's row).
+CELL_FIGURES = (
+    ("target_similarity", "target", "similarity", "adapted"), ("target_mcd", "target", "mcd_db", "adapted"),
+    ("target_f0_cents", "target", "f0_cents", "adapted"), ("target_wer", "target", "wer", "adapted"),
+    ("target_id_top1", "target", "id_top1", "adapted"), ("target_mel_loss", "target", "mel_loss", "adapted"),
+    ("target_dnsmos", "target", "dnsmos", "adapted"),
+    ("old_dmcd", "pretrain", "mcd_db", "change"), ("old_dwer", "pretrain", "wer", "change"),
+    ("old_dsimilarity", "pretrain", "similarity", "change"), ("old_did_top1", "pretrain", "id_top1", "change"),
+    ("unseen_dmcd", "unseen", "mcd_db", "change"), ("unseen_dwer", "unseen", "wer", "change"),
+    ("base_target_similarity", "target", "similarity", "base"), ("base_target_mcd", "target", "mcd_db", "base"),
+    ("base_target_mel_loss", "target", "mel_loss", "base"), ("base_target_wer", "target", "wer", "base"),
+    ("base_old_mcd", "pretrain", "mcd_db", "base"), ("base_old_wer", "pretrain", "wer", "base"),
+)
+#: Figures whose 95 % bootstrap interval a line keeps (``<column>_ci``): the noise of a single seed.
+CI_FIGURES = ("target_similarity", "target_mcd", "target_mel_loss", "old_dmcd", "old_dwer", "unseen_dmcd")
 
 
 def cell_row(name: str, strategy: str, lam: float, run: dict, report: dict) -> dict:
-    """One line of the sweep table from an adapter's run record (run.json) and its evaluation report."""
-    return {
-        "cell": name, "strategy": strategy, "lam": lam,
-        "target_similarity": _get(report, "target", "similarity", "adapted"),
-        "target_mcd": _get(report, "target", "mcd_db", "adapted"),
-        "target_f0_rmse": _get(report, "target", "f0_rmse_hz", "adapted"),
-        "target_mel_loss": _get(report, "target", "mel_loss", "adapted"),
-        "old_dmcd": _get(report, "pretrain", "mcd_db", "change"),
-        "old_dmcd_se": _get(report, "pretrain", "mcd_db", "change_se"),
-        "old_dsimilarity": _get(report, "pretrain", "similarity", "change"),
-        "unseen_dmcd": _get(report, "unseen", "mcd_db", "change"),
-        "base_target_similarity": _get(report, "target", "similarity", "base"),
-        "base_target_mcd": _get(report, "target", "mcd_db", "base"),
-        "base_target_mel_loss": _get(report, "target", "mel_loss", "base"),
-        "steps": run.get("steps"), "stopped": run.get("stopped"), "adapt_seconds": run.get("wall_seconds"),
-        "eval_seconds": report.get("seconds"),
-    }
+    """One line of the sweep from an adapter's run record (run.json) and its evaluation report."""
+    row = {"cell": name, "strategy": strategy, "lam": lam}
+    for column, group, metric, which in CELL_FIGURES:
+        row[column] = _get(report, group, metric, which)
+        if column in CI_FIGURES:
+            row[f"{column}_ci"] = _get(report, group, metric, f"{which}_ci")
+    row.update(steps=run.get("steps"), stopped=run.get("stopped"), adapt_seconds=run.get("wall_seconds"),
+               eval_seconds=report.get("seconds"))
+    return row
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One line per cell from its lines per seed: every figure's mean and, over two seeds or more, its standard
+    error ``<column>_se``; with one seed the line keeps its bootstrap intervals. ``seeds`` counts the seeds."""
+    cells: dict[str, list[dict]] = {}
+    for r in runs:
+        cells.setdefault(r["cell"], []).append(r)
+    rows = []
+    for name, group in cells.items():
+        row = {k: group[0][k] for k in ("cell", "strategy", "lam")}
+        row["seeds"] = len(group)
+        for column, *_ in CELL_FIGURES:
+            values = [g[column] for g in group if g.get(column) is not None]
+            row[column] = float(np.mean(values)) if values else None
+            row[f"{column}_se"] = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        if len(group) == 1:
+            for column in CI_FIGURES:
+                row[f"{column}_ci"] = group[0].get(f"{column}_ci")
+        for column in ("steps", "adapt_seconds", "eval_seconds"):
+            values = [g[column] for g in group if g.get(column) is not None]
+            row[column] = float(np.mean(values)) if values else None
+        row["stopped"] = group[0].get("stopped")
+        rows.append(row)
+    return rows
+
+
+def outside_noise(a: dict, b: dict, column: str) -> bool:
+    """Do lines ``a`` and ``b`` differ in ``column`` beyond the noise? Over seeds: by more than twice the standard
+    error of the difference of the means; with one seed: when their 95 % intervals do not overlap."""
+    if a.get(column) is None or b.get(column) is None:
+        return False
+    se_a, se_b = a.get(f"{column}_se"), b.get(f"{column}_se")
+    if se_a is not None and se_b is not None:
+        return abs(a[column] - b[column]) > 2.0 * math.sqrt(se_a ** 2 + se_b ** 2)
+    ci_a, ci_b = a.get(f"{column}_ci") or [None, None], b.get(f"{column}_ci") or [None, None]
+    if None in ci_a or None in ci_b:
+        return False
+    return ci_a[1] < ci_b[0] or ci_b[1] < ci_a[0]
 
 
 STRATEGY_LABELS = {"lora": "LoRA", "l2": "LoRA + L2", "diag": "LoRA + diagonal Fisher", "kfac": "LoRA + K-FAC",
@@ -192,11 +260,13 @@ def equal_learning(row: dict, lora: dict) -> bool:
 
 def summarise(rows: list[dict], config: SweepConfig, seconds: float) -> dict:
     """The headline: per penalised strategy, the λ with the least forgetting among those that learn the
-    target as well as plain LoRA (:func:`equal_learning`); forgetting is the old speakers' MCD increase."""
+    target as well as plain LoRA (:func:`equal_learning`), i.e. the knee of its learning–forgetting curve;
+    forgetting is the old speakers' MCD increase, and a reduction is called only outside the noise
+    (:func:`outside_noise`)."""
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
                "cells": rows, "seconds": round(seconds, 1),  # this call; cached cells cost nothing
-               "cells_seconds": round(sum((r.get("adapt_seconds") or 0) + (r.get("eval_seconds") or 0)
-                                          for r in rows), 1)}
+               "cells_seconds": round(sum(((r.get("adapt_seconds") or 0) + (r.get("eval_seconds") or 0))
+                                          * r.get("seeds", 1) for r in rows), 1)}
     lora = next((r for r in rows if r["strategy"] == "lora"), None)
     if lora is None or lora["old_dmcd"] is None or lora["old_dmcd"] <= 0:
         return summary
@@ -211,23 +281,27 @@ def summarise(rows: list[dict], config: SweepConfig, seconds: float) -> dict:
         best[strategy] = None if r is None else {
             "lam": r["lam"], "target_similarity": r["target_similarity"], "target_mcd": r["target_mcd"],
             "target_mel_loss": r.get("target_mel_loss"), "old_dmcd": r["old_dmcd"],
-            "forgetting_reduction": reduction(r)}
+            "old_dmcd_se": r.get("old_dmcd_se"), "forgetting_reduction": reduction(r),
+            "outside_noise": outside_noise(r, lora, "old_dmcd"), "seeds": r.get("seeds", 1)}
     kfac = best.get("kfac")
     summary["headline"] = {
-        "lora": {k: lora.get(k) for k in ("target_similarity", "target_mcd", "target_mel_loss", "old_dmcd")},
+        "lora": {k: lora.get(k) for k in ("target_similarity", "target_mcd", "target_mel_loss", "old_dmcd",
+                                          "old_dmcd_se", "seeds")},
         "best_at_equal_learning": best,
-        "goal_met": bool(kfac is not None and kfac["forgetting_reduction"] >= 0.5),
+        "goal_met": bool(kfac is not None and kfac["forgetting_reduction"] >= 0.5 and kfac["outside_noise"]),
         "rule": f"equal learning: target similarity >= LoRA's - {LEARNING_SIM_TOLERANCE}, target MCD and held-out "
                 f"mel loss <= LoRA's x {1 + LEARNING_MCD_TOLERANCE:g}; forgetting reduction = 1 - old ΔMCD / "
-                "LoRA's old ΔMCD",
+                "LoRA's old ΔMCD; a reduction inside the noise is a tie",
     }
     return summary
 
 
-TABLE_COLUMNS = [("cell", "cell"), ("target_similarity", "target sim ↑"), ("target_mcd", "target MCD ↓"),
-                 ("target_f0_rmse", "target F0 RMSE ↓"), ("target_mel_loss", "target mel loss ↓"),
-                 ("old_dmcd", "old ΔMCD ↓"), ("old_dsimilarity", "old Δsim"), ("unseen_dmcd", "unseen ΔMCD ↓"),
-                 ("steps", "steps"), ("adapt_seconds", "adapt s")]
+TABLE_COLUMNS = [("cell", "cell"), ("seeds", "seeds"), ("target_similarity", "target sim ↑"),
+                 ("target_mcd", "target MCD ↓"), ("target_wer", "target WER ↓"), ("target_id_top1", "target ID ↑"),
+                 ("target_mel_loss", "target mel loss ↓"), ("old_dmcd", "old ΔMCD ↓"), ("old_dwer", "old ΔWER ↓"),
+                 ("old_dsimilarity", "old Δsim"), ("unseen_dmcd", "unseen ΔMCD ↓"), ("steps", "steps"),
+                 ("adapt_seconds", "adapt s")]
+PERCENT_COLUMNS = ("target_wer", "target_id_top1", "old_dwer", "unseen_dwer", "old_did_top1")
 
 
 def _cell(v, key: str) -> str:
@@ -235,27 +309,41 @@ def _cell(v, key: str) -> str:
         return "–"
     if isinstance(v, str):
         return v
-    if key in ("steps",):
-        return str(v)
-    if key == "adapt_seconds":
+    if key in ("steps", "seeds", "adapt_seconds"):
         return f"{v:.0f}"
-    return f"{v:+.2f}" if key in ("old_dmcd", "unseen_dmcd") else (
-        f"{v:+.3f}" if key == "old_dsimilarity" else (f"{v:.3f}" if "similarity" in key or "loss" in key
-                                                      else f"{v:.2f}"))
+    if key in PERCENT_COLUMNS:
+        return f"{100 * v:+.1f} %" if key.startswith(("old_d", "unseen_d")) else f"{100 * v:.0f} %"
+    if key in ("old_dmcd", "unseen_dmcd"):
+        return f"{v:+.2f}"
+    if key == "old_dsimilarity":
+        return f"{v:+.3f}"
+    return f"{v:.3f}" if "similarity" in key or "loss" in key else f"{v:.2f}"
+
+
+def _noise(r: dict, key: str) -> str:
+    """`` ± s.e.`` over seeds, else `` [low, high]`` of one seed's bootstrap interval, else nothing."""
+    if r.get(f"{key}_se") is not None:
+        return f" ± {r[f'{key}_se']:.2f}"
+    ci = r.get(f"{key}_ci")
+    if ci and None not in ci:
+        return f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return ""
 
 
 def to_markdown(rows: list[dict], summary: dict) -> str:
     lines = ["| " + " | ".join(label for _, label in TABLE_COLUMNS) + " |",
              "|" + "---|" * len(TABLE_COLUMNS)]
     for r in rows:
-        cells = [_cell(r.get(k), k) for k, _ in TABLE_COLUMNS]
-        if r.get("old_dmcd_se") is not None:
-            cells[5] += f" ± {r['old_dmcd_se']:.2f}"
+        cells = [_cell(r.get(k), k) + (_noise(r, k) if k in ("old_dmcd", "unseen_dmcd") else "")
+                 for k, _ in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     base_sim = rows[0].get("base_target_similarity") if rows else None
     if base_sim is not None:
         lines += ["", f"Base model, zero-shot from the target's d-vector: target similarity {base_sim:.3f}, "
                       f"target MCD {rows[0]['base_target_mcd']:.2f} dB."]
+    seeds = max((r.get("seeds", 1) for r in rows), default=1)
+    lines += ["", f"Each line is the mean over {seeds} adaptation seeds; ± is the standard error over seeds." if seeds > 1
+              else "One adaptation seed per line; [low, high] is the 95 % bootstrap interval over utterances."]
     h = summary.get("headline")
     if h:
         lo = h["lora"]
@@ -266,9 +354,10 @@ def to_markdown(rows: list[dict], summary: dict) -> str:
             if b is None:
                 lines.append(f"- {label}: no λ of the grid learns the target as well as plain LoRA.")
                 continue
+            verdict = "" if b.get("outside_noise", True) else " — inside the noise: a tie with plain LoRA"
             lines.append(f"- {label}, λ = {b['lam']:g}: target similarity {b['target_similarity']:.3f}, target MCD "
                          f"{b['target_mcd']:.2f} dB, old-speaker ΔMCD {b['old_dmcd']:+.2f} dB: forgetting cut by "
-                         f"{100 * b['forgetting_reduction']:.0f} %" + (
+                         f"{100 * b['forgetting_reduction']:.0f} %{verdict}" + (
                              f" (goal 50 %: {'met' if h['goal_met'] else 'not met'})." if strategy == "kfac" else "."))
     return "\n".join(lines) + "\n"
 
@@ -280,12 +369,13 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     colours = {"lora": "black", "l2": "tab:gray", "diag": "tab:orange", "kfac": "tab:blue", "ekfac": "tab:green"}
     labels = STRATEGY_LABELS
     panels = ((axes[0], "target_similarity", "target speaker similarity ↑"),
               (axes[1], "target_mcd", "target MCD-DTW (dB) ↓"),
-              (axes[2], "target_mel_loss", "target held-out mel loss ↓"))
+              (axes[2], "target_mel_loss", "target held-out mel loss ↓"),
+              (axes[3], "target_wer", "target word error rate ↓"))
     for ax, key, ylabel in panels:
         for strategy in dict.fromkeys(r["strategy"] for r in rows):
             pts = [r for r in rows if r["strategy"] == strategy and r[key] is not None and r["old_dmcd"] is not None]
@@ -293,17 +383,22 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
             if not pts:
                 continue
             xs, ys = [r["old_dmcd"] for r in pts], [r[key] for r in pts]
+            xerr = [_error_bar(r, "old_dmcd") for r in pts]
+            xerr = [[e[0] for e in xerr], [e[1] for e in xerr]]
             if strategy == "lora":
-                ax.scatter(xs, ys, marker="*", s=160, color=colours[strategy], label=labels[strategy], zorder=3)
+                ax.errorbar(xs, ys, xerr=xerr, fmt="*", ms=12, color=colours[strategy], label=labels[strategy],
+                            zorder=3, capsize=3)
                 continue
-            ax.plot(xs, ys, "o-", color=colours.get(strategy), label=labels.get(strategy, strategy))
+            ax.errorbar(xs, ys, xerr=xerr, fmt="o-", color=colours.get(strategy), label=labels.get(strategy, strategy),
+                        capsize=3)
             for r, x, y in zip(pts, xs, ys):
                 ax.annotate(f"λ={r['lam']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         base_key = f"base_{key}"
         if rows and rows[0].get(base_key) is not None:
             ax.scatter([0.0], [rows[0][base_key]], marker="D", color="tab:red", label="base model (zero-shot)",
                        zorder=3)
-        ax.set_xlabel("forgetting: old speakers' MCD increase (dB) ←")
+        ax.set_xlabel("forgetting: old speakers' MCD increase (dB) ←\n(bars: ± s.e. over seeds, or one seed's 95 % CI)",
+                      fontsize=8)
         ax.set_ylabel(ylabel)
         if key != "target_similarity":  # lower is better: up is better in every panel
             ax.invert_yaxis()
@@ -316,7 +411,18 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
+def _error_bar(r: dict, key: str) -> tuple[float, float]:
+    """(below, above) of ``r[key]``: its standard error over seeds, else its bootstrap interval, else none."""
+    if r.get(f"{key}_se") is not None:
+        return r[f"{key}_se"], r[f"{key}_se"]
+    ci = r.get(f"{key}_ci")
+    if ci and None not in ci:
+        return max(0.0, r[key] - ci[0]), max(0.0, ci[1] - r[key])
+    return 0.0, 0.0
+
+
+def write_outputs(out: Path, rows: list[dict], summary: dict, runs: list[dict] | None = None) -> None:
+    write_csv_atomic(out / "runs.csv", runs if runs is not None else rows)
     write_csv_atomic(out / "table.csv", rows)
     write_text_atomic(out / "table.md", to_markdown(rows, summary))
     write_json_atomic(out / "summary.json", summary)

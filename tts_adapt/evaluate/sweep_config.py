@@ -9,7 +9,7 @@ from tts_adapt.settings import check_fields
 
 
 def _as_tuple(value, cast, name: str) -> tuple:
-    items = value.split(",") if isinstance(value, str) else value
+    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, (int, float)) else value)
     try:
         return tuple(cast(v.strip() if isinstance(v, str) else v) for v in items
                      if not (isinstance(v, str) and not v.strip()))
@@ -35,9 +35,15 @@ class SweepConfig:
                                                    "range": ">= 0"})
     unseen_speakers: int = field(default=6, metadata={"help": "Unseen voices (zero-shot) to measure forgetting on.",
                                                       "range": ">= 0"})
-    per_speaker: int = field(default=2, metadata={"help": "Held-out utterances per old / unseen speaker.",
+    per_speaker: int = field(default=4, metadata={"help": "Held-out utterances per old / unseen speaker (4 keeps "
+                                                          "the forgetting figures' intervals narrower than the "
+                                                          "difference between the strategies: docs/measures.md).",
                                                   "range": ">= 1"})
-    seed: int = field(default=0, metadata={"help": "Seed of adaptation and of the curvature sample."})
+    seed: int = field(default=0, metadata={"help": "Seed of the target's clips, the curvature sample and, without "
+                                                   "seeds, of adaptation."})
+    seeds: tuple[int, ...] = field(default=(), metadata={
+        "help": "Adaptation seeds, comma-separated (default: the seed): every cell is adapted and evaluated once per "
+                "seed and reported as mean ± standard error over seeds."})
 
     def __post_init__(self):
         # imported here, not at the top, so that the CLI reads this module without importing PyTorch
@@ -47,6 +53,9 @@ class SweepConfig:
         # lists may come as "a,b" (command line) or YAML lists
         object.__setattr__(self, "strategies", _as_tuple(self.strategies, str, "strategies"))
         object.__setattr__(self, "lams", _as_tuple(self.lams, float, "lams"))
+        object.__setattr__(self, "seeds", _as_tuple(self.seeds, int, "seeds"))
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each seed once, got {self.seeds}")
 
         for s in self.strategies:
             get_strategy(s)  # an unknown name is an error listing the registered ones
@@ -54,6 +63,9 @@ class SweepConfig:
             raise ValueError(f"lams must be positive, got {self.lams}")
         if not self.lams and any(get_strategy(s).uses_lam for s in self.strategies):
             raise ValueError("lams: give at least one penalty strength for the penalised strategies")
+
+    def adaptation_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
 
     def cells(self) -> list[tuple[str, float]]:
         from tts_adapt.adapt.strategies import get_strategy  # (as in __post_init__)
