@@ -1,16 +1,19 @@
 """The Gradio demo, through gradio's own Python client against an app launched in this process on a tiny
 model: synthesis, side-by-side comparison (with and without an evaluation report), cloning (finished and
-cancelled), upload checks, and that nothing outside the app's folders can be read. One end-to-end test
-drives the page in a real headless Chromium.
+cancelled), upload checks, and that nothing outside the app's folders can be read. The evaluation table of
+the Compare tab is also tested on its own, from report.json files written here. One end-to-end test drives
+the page in a real headless Chromium.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -21,17 +24,48 @@ from gradio_client.exceptions import AppError
 
 from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.train import adapt
-from tts_adapt.demo.app import MAX_SLOTS, DemoService, build_app, launch
+from tts_adapt.demo.app import (MAX_SLOTS, DemoService, build_app, change_verdict, comparison_table, launch,
+                                measure_definitions)
 from tts_adapt.demo.bank import AdapterBank
 from tts_adapt.demo.uploads import Clip, UploadError, check_clips, clips_from_upload, transcripts_from_files
+from tts_adapt.evaluate.measures import MEASURES
 
 TEXT = "A short test sentence."
 EMPTY_TABLE = {"headers": ["clip", "transcript"], "data": []}
-REPORT = {"rows": [{"set": "target", "metric": "speaker similarity", "base": 0.70, "adapted": 0.75, "change": 0.05},
-                   {"set": "pretrain", "metric": "MCD (dB)", "base": 6.9, "adapted": 7.4, "change": 0.5,
-                    "change_se": 0.1, "n": 8},
-                   {"set": "unseen", "metric": "F0 RMSE", "base": None, "adapted": 21.0, "change": None}],
-          "definitions": {"MCD (dB)": "mel-cepstral distortion against the real recording"}}
+
+
+def _row(set_: str, metric: str, base, base_ci, adapted, adapted_ci, change, change_ci, real=None,
+         real_ci=(None, None), n: int = 8) -> dict:
+    """One row of report.json as ``tts-adapt evaluate --adapter`` writes it."""
+    return {"set": set_, "metric": metric, "n": n, "base": base, "base_ci": list(base_ci), "adapted": adapted,
+            "adapted_ci": list(adapted_ci), "change": change, "change_ci": list(change_ci), "real": real,
+            "real_ci": list(real_ci)}
+
+
+# Two adapters of one bank (the same base figures). Learning: both lower the new voice's MCD, A outside the
+# noise (better), B inside it (a tie). Forgetting: A's word error rate on the old voices rises outside the
+# noise (worse), B's inside it; A's mel loss changes by a few parts in a hundred thousand (never "e-05").
+REPORT = {"rows": [
+    _row("target", "mcd_db", 9.23, (8.9, 9.6), 8.12, (7.8, 8.4), -1.11, (-1.4, -0.8)),
+    _row("target", "similarity", 0.61, (0.58, 0.64), 0.80, (0.77, 0.83), 0.19, (0.15, 0.23), 0.86, (0.84, 0.88)),
+    _row("pretrain", "wer", 0.41, (0.35, 0.47), 0.52, (0.46, 0.58), 0.11, (0.06, 0.16), 0.30, (0.25, 0.35), n=32),
+    _row("pretrain", "mel_loss", 0.5, (0.49, 0.51), 0.50003, (0.49, 0.51), -2.72e-05, (-0.00934, 0.00911)),
+    _row("unseen", "gpe", 0.05, (0.03, 0.07), 0.06, (0.04, 0.08), 0.01, (-0.005, 0.02))],
+    "definitions": {"mcd_db": MEASURES["mcd_db"].definition, "interval": "95 % percentile bootstrap over utterances"},
+    "strategy": "lora", "lam": 0.0}
+REPORT_B = {"rows": [
+    _row("target", "mcd_db", 9.23, (8.9, 9.6), 8.40, (8.0, 8.8), -0.83, (-1.9, 0.2)),
+    _row("target", "similarity", 0.61, (0.58, 0.64), 0.70, (0.66, 0.74), 0.09, (0.05, 0.13), 0.86, (0.84, 0.88)),
+    _row("pretrain", "wer", 0.41, (0.35, 0.47), 0.43, (0.37, 0.49), 0.02, (-0.01, 0.05), 0.30, (0.25, 0.35), n=32),
+    _row("unseen", "dnsmos", 3.1, (3.0, 3.2), 3.05, (2.95, 3.15), -0.05, (-0.12, 0.02), 3.4, (3.3, 3.5))],
+    "definitions": {}, "strategy": "kfac", "lam": 1000.0}
+# A report of an earlier version: no intervals, a standard error, measures since renamed.
+OLD_REPORT = {"rows": [{"set": "pretrain", "metric": "mcd_db", "base": 6.9, "adapted": 7.4, "change": 0.5,
+                        "change_se": 0.1, "n": 8},
+                       {"set": "unseen", "metric": "f0_rmse_hz", "base": None, "adapted": 21.0, "change": None},
+                       {"set": "target", "metric": "voicing_error", "base": 0.2, "adapted": 0.1, "change": -0.1,
+                        "change_se": 0.02, "n": 8}],
+              "definitions": {"f0_rmse_hz": "RMSE of F0 (Hz) over frames voiced in both"}}
 
 
 def _free_port() -> int:
@@ -141,6 +175,7 @@ def test_voices_group_adapters_of_the_same_target_and_list_old_speakers(client, 
 def test_compare_shows_every_model_with_its_evaluation(client, old_speaker):
     out = client.predict(TEXT, f"old:{old_speaker}", None, ["evaluated", "plain"], api_name="/compare")
     status, slots = out[0], [out[1 + 4 * i: 5 + 4 * i] for i in range(MAX_SLOTS)]
+    table, definitions = out[1 + 4 * MAX_SLOTS:]
     assert status.startswith("3 model(s)")
     titles = [s[0]["value"] for s in slots[:3]]
     assert titles[0].startswith("### base model") and titles[1].startswith("### evaluated")
@@ -148,12 +183,14 @@ def test_compare_shows_every_model_with_its_evaluation(client, old_speaker):
     waves = [_audio_of(s[1]["value"]) for s in slots[:3]]
     assert all(len(w) > 1600 for w in waves)
     evaluated, plain = slots[1][3]["value"], slots[2][3]["value"]
-    assert "| target | speaker similarity | 0.7 | 0.75 | +0.05 |" in evaluated
-    assert "| pretrain | MCD (dB) | 6.9 | 7.4 | +0.5 ± 0.1 |" in evaluated
-    assert "| unseen | F0 RMSE | – | 21 | – |" in evaluated  # nothing to compare with: null in the report
-    assert "mel-cepstral distortion" in evaluated
+    assert evaluated == "evaluated: its figures are in the table below"
     assert plain.startswith("not evaluated (run `tts-adapt evaluate --adapter") and "plain" in plain
     assert all(s[0]["visible"] is False for s in slots[3:])
+    # one table below the slots: the evaluated adapter's column beside the base model's, and what is missing
+    assert [_plain(c) for c in _table_rows(table)[0]] == ["measure", "real recordings", "base model", "evaluated lora"]
+    assert "New voice (learning)" in table and "8.12 [7.80–8.40]" in table and "9.23 [8.90–9.60]" in table
+    assert "plain: not evaluated (run <code>tts-adapt evaluate --adapter" in table
+    assert "MCD-DTW" in definitions and "docs/measures.md" in definitions
 
 
 def test_reference_clip_voice_is_checked(client, tiny_target_clips, tmp_path):
@@ -180,6 +217,132 @@ def test_files_outside_the_app_cannot_be_read(served, bank, tiny_model):
     for path in ("/etc/passwd", str(tiny_model / "model.pth"), str(bank / "evaluated" / "run.json")):
         r = httpx.get(f"{url}gradio_api/file={path}")
         assert r.status_code in (403, 404), (path, r.status_code)
+
+
+# --------------------------------------------------------------------------- the evaluation table
+SET_NAMES = ["New voice (learning)", "Old voices (forgetting)", "Unseen voices, zero-shot (forgetting)"]
+RAW_KEYS = re.compile(r"\b(mcd_db|f0_cents|gpe|vde|wer|cer|dnsmos|id_top1|id_rank|mel_loss)\b")
+
+
+def _evaluated(root: Path, name: str, report: dict | str | None) -> SimpleNamespace:
+    """An adapter as the table reads it (its name and folder) with ``report`` as eval/report.json (none when
+    None; a string is written as it is)."""
+    folder = root / name
+    (folder / "eval").mkdir(parents=True)
+    if report is not None:
+        text = report if isinstance(report, str) else json.dumps(report)
+        (folder / "eval" / "report.json").write_text(text)
+    return SimpleNamespace(name=name, path=folder)
+
+
+def _plain(html: str) -> str:
+    """What a reader sees of some HTML: its text, without the style sheet and tags, spaces collapsed."""
+    html = re.sub(r"<style>.*?</style>", "", html, flags=re.DOTALL)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def _table_rows(html: str) -> list[list[str]]:
+    """The table's rows, each the list of its cells' inner HTML (a set's header row has one cell)."""
+    rows = re.findall(r"<tr>(.*?)</tr>", html, flags=re.DOTALL)
+    return [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r, flags=re.DOTALL) for r in rows]
+
+
+def _by_set(html: str) -> dict[str, dict[str, list[str]]]:
+    """{set header: {measure label cell as text: cells}} of the table."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for cells in _table_rows(html)[1:]:
+        if len(cells) == 1:
+            current = groups.setdefault(_plain(cells[0]), {})
+        else:
+            current[_plain(cells[0])] = cells
+    return groups
+
+
+def _verdict(cell: str) -> str | None:
+    found = re.findall(r'<span class="(better|worse|tie)">Δ', cell)
+    return found[0] if found else None
+
+
+def test_comparison_table_has_a_row_per_set_and_measure_with_labels_intervals_and_verdicts(tmp_path):
+    a, b = _evaluated(tmp_path, "lora", REPORT), _evaluated(tmp_path, "lora+kfac", REPORT_B)
+    html = comparison_table([a, b])
+    assert [_plain(c) for c in _table_rows(html)[0]] == ["measure", "real recordings", "base model", "lora lora",
+                                                         "lora+kfac kfac, λ 1000"]
+    groups = _by_set(html)
+    assert list(groups) == SET_NAMES
+    for name, key in zip(SET_NAMES, ("target", "pretrain", "unseen")):  # one row per (set, measure), in order
+        metrics = [m for m in MEASURES if any(r["set"] == key and r["metric"] == m
+                                              for r in REPORT["rows"] + REPORT_B["rows"])]
+        arrows = ["↓" if MEASURES[m].lower_is_better else "↑" for m in metrics]
+        assert list(groups[name]) == [f"{MEASURES[m].label} ({MEASURES[m].unit}) {arrow}"
+                                      for m, arrow in zip(metrics, arrows)]
+    assert not RAW_KEYS.search(_plain(html))  # readable labels only
+    assert not re.search(r"\d[eE][-+]?\d", _plain(html))  # no 1e-05 style number
+
+    mcd = groups["New voice (learning)"]["MCD-DTW (dB) ↓"]
+    assert [_plain(c) for c in mcd[1:]] == ["", "9.23 [8.90–9.60]", "8.12 [7.80–8.40] Δ -1.11 [-1.40, -0.800] ✓ better",
+                                            "8.40 [8.00–8.80] Δ -0.830 [-1.90, +0.200] = tie"]
+    wer = groups["Old voices (forgetting)"]["word error rate (%) ↓"]
+    assert [_plain(c) for c in wer[1:3]] == ["30 % [25–35]", "41 % [35–47]"]  # the recogniser's floor, the base
+    assert _plain(wer[3]) == "52 % [46–58] Δ +11 pp [+6.0, +16] ✗ worse"
+    # the marking follows the change's interval: outside the noise better / worse, inside it a tie
+    assert [_verdict(c) for c in mcd[3:]] == ["better", "tie"]
+    assert [_verdict(c) for c in wer[3:]] == ["worse", "tie"]
+    similarity = groups["New voice (learning)"]["speaker similarity (cosine) ↑"]
+    assert [_verdict(c) for c in similarity[3:]] == ["better", "better"]  # higher is better: a rise is better
+    mel = groups["Old voices (forgetting)"]["mel loss (teacher-forced) ↓"]
+    assert _plain(mel[3]).endswith("[-0.00934, +0.00911] = tie") and _plain(mel[4]) == "–"  # not in B's report
+    assert 'white-space: nowrap' in html and "overflow-x: auto" in html  # no cell wraps; a wide table scrolls
+
+
+def test_change_verdict_follows_the_interval_and_the_direction_of_the_measure():
+    assert change_verdict("mcd_db", -1.1, [-1.4, -0.8]) == "better"  # lower is better
+    assert change_verdict("mcd_db", 0.4, [0.1, 0.7]) == "worse"
+    assert change_verdict("mcd_db", -0.8, [-1.9, 0.2]) == "tie"  # a difference inside the noise
+    assert change_verdict("similarity", 0.1, [0.05, 0.15]) == "better"  # higher is better
+    assert change_verdict("similarity", -0.1, [-0.15, -0.05]) == "worse"
+    assert change_verdict("mcd_db", 0.5, None) is None  # an old report: no interval
+    assert change_verdict("f0_rmse_hz", 1.0, [0.5, 1.5]) is None  # a measure of unknown direction
+
+
+def test_old_reports_render_under_their_keys_with_a_hint_to_rerun(tmp_path):
+    new, old = _evaluated(tmp_path, "lora", REPORT), _evaluated(tmp_path, "old", OLD_REPORT)
+    html = comparison_table([new, old])
+    groups = _by_set(html)
+    assert [_plain(c) for c in groups["Unseen voices, zero-shot (forgetting)"]["f0_rmse_hz"]] == [
+        "f0_rmse_hz", "–", "–", "–", "21.0"]  # the raw key, no arrow
+    voicing = groups["New voice (learning)"]["voicing_error"]
+    assert _plain(voicing[4]) == "0.100 Δ -0.100 ± 0.0200 s.e." and _verdict(voicing[4]) == "tie"  # neutral: no interval
+    mcd = groups["Old voices (forgetting)"]["MCD-DTW (dB) ↓"]
+    assert _plain(mcd[2]) == "6.90" and _plain(mcd[4]) == "7.40 Δ +0.500 ± 0.100 s.e."
+    assert "better" not in _plain(mcd[4]) and "worse" not in _plain(mcd[4])
+    assert f"re-run <code>tts-adapt evaluate --adapter {old.path}</code>" in html
+    assert f"--adapter {new.path}" not in html  # the new report needs nothing
+    assert "RMSE of F0 (Hz)" in measure_definitions([old])
+    assert _table_rows(comparison_table([old]))  # alone too
+
+
+def test_comparison_table_notes_what_it_cannot_show_and_base_figures_that_differ(tmp_path):
+    other = json.loads(json.dumps(REPORT))  # another target voice: other base figures on the target set
+    other["rows"][0].update(base=10.1, base_ci=[9.7, 10.5])
+    adapters = [_evaluated(tmp_path, "lora", REPORT), _evaluated(tmp_path, "other-voice", other),
+                _evaluated(tmp_path, "plain", None), _evaluated(tmp_path, "broken", "{not json")]
+    html = comparison_table(adapters)
+    assert [_plain(c) for c in _table_rows(html)[0]][3:] == ["lora lora", "other-voice lora"]
+    mcd = _by_set(html)["New voice (learning)"]["MCD-DTW (dB) ↓"]
+    assert _plain(mcd[2]) == "9.23 [8.90–9.60] *"
+    assert "lora 9.23 [8.90–9.60]; other-voice 10.1 [9.70–10.5]" in html
+    assert f"plain: not evaluated (run <code>tts-adapt evaluate --adapter {tmp_path / 'plain'}</code>)" in html
+    assert "broken:" in html and "not a report of tts-adapt evaluate" in html
+    assert "No evaluation to show" in comparison_table(adapters[2:])
+    assert "Choose adapters" in comparison_table([])
+
+
+def test_measure_definitions_name_every_measure_and_the_page(tmp_path):
+    text = measure_definitions([_evaluated(tmp_path, "lora", REPORT)])
+    assert all(f"**{m.label}**" in text and m.definition in text for m in MEASURES.values())
+    assert "docs/measures.md" in text
+    assert "- **interval**: 95 % percentile bootstrap" in text and "**mcd_db**" not in text  # each term once
 
 
 # --------------------------------------------------------------------------- cloning

@@ -1,17 +1,20 @@
 """The Gradio demo: hear the base model and its adapters side by side, and clone a voice from clips.
 
-Tabs: *Compare* (one sentence, one voice, every model of the bank side by side with mel spectrograms and
-evaluation numbers), *Speak* (one model, one voice) and *Clone* (upload or record clips, adapt in the
-background, the new adapter joins the bank). Endpoints have explicit API names: ``synthesize``,
-``compare``, ``refresh``, ``read_transcripts``, ``curvature_status``, ``clone`` and ``cancel_clone``.
+Tabs: *Compare* (one sentence, one voice, every model of the bank side by side with mel spectrograms,
+and one table of the adapters' evaluations beside the base model's), *Speak* (one model, one voice) and
+*Clone* (upload or record clips, adapt in the background, the new adapter joins the bank). Endpoints have
+explicit API names: ``synthesize``, ``compare``, ``refresh``, ``read_transcripts``, ``curvature_status``,
+``clone`` and ``cancel_clone``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import shutil
 import time
+from html import escape
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +27,7 @@ from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
                                     clips_from_upload, transcript_rows, write_target_folder)
 from tts_adapt.demo.voices import BASE, REFERENCE, VoiceModels, mel_image
+from tts_adapt.evaluate.measures import MEASURES, Measure, interval_excludes_zero
 from tts_adapt.evaluate.model_card import training_steps
 
 log = logging.getLogger(__name__)
@@ -53,20 +57,232 @@ def _audio(wav: np.ndarray, sample_rate: int) -> tuple[int, np.ndarray]:
     return sample_rate, (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
 
 
-def evaluation_markdown(adapter) -> str:
-    """An adapter's evaluation (``eval/report.json``) as a Markdown table, or how to make one."""
-    report = read_evaluation(adapter)
-    if report is None:
-        return f"not evaluated (run `tts-adapt evaluate --adapter {adapter.path}`)"
-    def number(value, sign: str = "") -> str:
-        return "–" if value is None or value != value else f"{value:{sign}.3g}"  # None or NaN: not scored
+# ------------------------------------------------------------------------------- the evaluation table
+#: The sets of an evaluation, in the table's order, with what each one tells.
+SETS = {"target": "New voice (learning)", "pretrain": "Old voices (forgetting)",
+        "unseen": "Unseen voices, zero-shot (forgetting)"}
+MEASURES_PAGE = "docs/measures.md"
+_COLUMNS = {"real": "real recordings", "base": "base model"}
+_VERDICTS = {"better": "✓ better", "worse": "✗ worse", "tie": "= tie"}
+#: The table's style: no cell wraps (a wide table scrolls sideways); green better, red worse, grey a tie.
+_STYLE = """<style>
+div.tts-eval {overflow-x: auto; max-width: 100%}
+div.tts-eval table.grid {border-collapse: collapse; width: auto; margin: 0}
+div.tts-eval table.grid th, div.tts-eval table.grid td {white-space: nowrap; word-break: keep-all;
+  overflow-wrap: normal; padding: 4px 10px; border: none; border-bottom: 1px solid var(--border-color-primary, #ddd);
+  vertical-align: top; text-align: right; font-variant-numeric: tabular-nums}
+div.tts-eval table.grid th:first-child, div.tts-eval table.grid td:first-child {text-align: left}
+div.tts-eval table.grid th.set {text-align: left; background: var(--background-fill-secondary, #f3f4f6)}
+div.tts-eval .small, div.tts-notes p {font-size: 0.85em; color: #6e7781; font-weight: normal}
+div.tts-notes p {margin: 4px 0}
+div.tts-notes span, div.tts-notes code {white-space: nowrap}
+.tts-eval .better, .tts-notes .better {color: #1a7f37}
+.tts-eval .worse, .tts-notes .worse {color: #cf222e}
+.tts-eval .tie, .tts-notes .tie {color: #6e7781}
+</style>"""
 
-    lines = ["| set | metric | base | adapted | change |", "|---|---|---:|---:|---:|"]
-    for r in report["rows"]:
-        se = f" ± {number(r['change_se'])}" if r["change"] is not None and r.get("change_se") is not None else ""
-        lines.append(f"| {r['set']} | {r['metric']} | {number(r['base'])} | {number(r['adapted'])} | "
-                     f"{number(r['change'], '+')}{se} |")
-    lines += [f"\n*{metric}*: {text}" for metric, text in report["definitions"].items()]
+
+def _rerun(adapter) -> str:
+    return f"tts-adapt evaluate --adapter {adapter.path}"
+
+
+def _unknown(key: str) -> Measure:
+    """A measure the table of measures does not know (an older report's): shown under its own key."""
+    return Measure(key, key, "", True, "", digits=3)
+
+
+def _is_old(report: dict) -> bool:
+    """Written before the figures had intervals, or with measures that have since been renamed."""
+    return any(r["change_ci"] is None or r["metric"] not in MEASURES for r in report["rows"])
+
+
+def change_verdict(metric: str, change: float | None, interval) -> str | None:
+    """``better``, ``worse`` or ``tie`` for a change (adapted - base) of ``metric`` by its 95 % interval:
+    better or worse only when the interval lies wholly on one side of zero (a difference inside the noise
+    is a tie); ``None`` when it cannot be judged (no change, no interval, a measure of unknown direction)."""
+    measure = MEASURES.get(metric)
+    if measure is None or change is None or interval is None or None in interval:
+        return None
+    if not interval_excludes_zero(interval):
+        return "tie"
+    return "better" if measure.better(interval[0] if interval[0] > 0 else interval[1]) else "worse"
+
+
+def _bare(text: str) -> str:
+    return text.removesuffix(" %")
+
+
+def _figure(measure: Measure, value: float | None, interval=None, *, signed: bool = False) -> str:
+    """``8.12 [7.8–8.4]``: the value by :meth:`Measure.format` and its interval's bounds (without the unit);
+    a change of a percentage in percentage points (``+4 pp [-1, +9]``)."""
+    if value is None:
+        return "–"
+    text = measure.format(value, signed=signed)
+    if signed and measure.percent:
+        text = _bare(text) + " pp"
+    if interval is not None and None not in interval:
+        low, high = (_bare(measure.format(v, signed=signed)) for v in interval)
+        text += f" [{low}, {high}]" if signed or min(interval) < 0 else f" [{low}–{high}]"
+    return text
+
+
+def _read_reports(adapters) -> tuple[list, list[str]]:
+    """``[(adapter, report)]`` of the evaluated adapters, and a line for each one that is not (or whose
+    report is old or unreadable)."""
+    evaluated, notes = [], []
+    for adapter in adapters:
+        try:
+            report = read_evaluation(adapter)
+        except EvaluationReportError as err:
+            notes.append(f"{escape(adapter.name)}: {escape(str(err))}; re-run <code>{escape(_rerun(adapter))}</code>")
+            continue
+        if report is None:
+            notes.append(f"{escape(adapter.name)}: not evaluated (run <code>{escape(_rerun(adapter))}</code>)")
+            continue
+        if _is_old(report):
+            notes.append(f"{escape(adapter.name)}: evaluated by an earlier version (no intervals, or measures since "
+                         f"renamed); re-run <code>{escape(_rerun(adapter))}</code>")
+        evaluated.append((adapter, report))
+    return evaluated, notes
+
+
+def evaluation_status(adapter) -> str:
+    """One line for a model's slot: is the adapter evaluated (its figures are in the table below)?"""
+    try:
+        report = read_evaluation(adapter)
+    except EvaluationReportError as err:
+        return f"evaluation unreadable: {err}"
+    if report is None:
+        return f"not evaluated (run `{_rerun(adapter)}`)"
+    if _is_old(report):
+        return f"evaluated by an earlier version: re-run `{_rerun(adapter)}`"
+    return "evaluated: its figures are in the table below"
+
+
+def _shared(rows: list[tuple[str, dict]], key: str) -> list[tuple[str, dict]]:
+    """``(adapter name, row)`` of the first report with a figure ``key`` (the base model's or the real
+    recordings', the same in every report of a bank), then those whose figure differs from it."""
+    have = [(name, r) for name, r in rows if r.get(key) is not None]
+    return have[:1] + [(n, r) for n, r in have[1:]
+                       if not math.isclose(r[key], have[0][1][key], rel_tol=1e-6, abs_tol=1e-9)]
+
+
+def comparison_table(adapters) -> str:
+    """The evaluations (``eval/report.json``) of ``adapters`` as one HTML table beside the base model:
+    a header row per set, a row per measure (its label, unit and direction), the real recordings' figure
+    where the measure has one, the base model's, and per adapter its figure and its change from the base
+    model coloured by its interval; notes below name adapters that are not evaluated, old reports and
+    base figures on which the reports disagree."""
+    adapters = list(adapters)
+    if not adapters:
+        return "<p>Choose adapters to see their evaluation beside the base model's.</p>"
+    evaluated, notes = _read_reports(adapters)
+    if not evaluated:
+        return _STYLE + _notes_html(["No evaluation to show."] + notes)
+    rows: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for adapter, report in evaluated:
+        for r in report["rows"]:
+            rows.setdefault((r["set"], r["metric"]), []).append((adapter.name, r))
+    sets = list(dict.fromkeys(list(SETS) + [s for s, _ in rows]))
+    columns = 3 + len(evaluated)
+    head = "".join(f"<th>{escape(adapter.name)}{_settings(report)}</th>" for adapter, report in evaluated)
+    lines = [_STYLE, '<div class="tts-eval"><table class="grid">',
+             f"<thead><tr><th>measure</th><th>{_COLUMNS['real']}</th><th>{_COLUMNS['base']}</th>{head}</tr></thead>",
+             "<tbody>"]
+    differ = []
+    for group in sets:
+        present = [m for s, m in rows if s == group]
+        if not present:
+            continue
+        metrics = [m for m in MEASURES if m in present] + [m for m in present if m not in MEASURES]
+        lines.append(f'<tr><th class="set" colspan="{columns}">{escape(SETS.get(group, group))}</th></tr>')
+        for metric in metrics:
+            found = rows[(group, metric)]
+            known = MEASURES.get(metric)
+            measure = known or _unknown(metric)
+            cells = [_measure_label(measure, known is not None)]
+            for key, applies in (("real", known is None or known.real), ("base", True)):
+                shown = _shared(found, key) if applies else []
+                text = _figure(measure, shown[0][1][key], shown[0][1][f"{key}_ci"]) if shown else \
+                    ("–" if applies else "")
+                if len(shown) > 1:
+                    text += " *"
+                    differ.append(f"{escape(SETS.get(group, group))}, {escape(measure.label)}, {_COLUMNS[key]}: "
+                                  + "; ".join(f"{escape(n)} {escape(_figure(measure, r[key], r[f'{key}_ci']))}"
+                                              for n, r in shown))
+                cells.append(escape(text))
+            by_name = dict(found)
+            cells += [_adapter_cell(measure, by_name.get(adapter.name)) for adapter, _ in evaluated]
+            lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    lines.append("</tbody></table></div>")
+    legend = ("Each figure: the measure over the evaluated utterances [its 95 % interval]. Under an adapter's figure, "
+              "Δ is its change from the base model on the same utterances: "
+              f'<span class="better">{_VERDICTS["better"]}</span> or <span class="worse">{_VERDICTS["worse"]}</span> '
+              "when the change's interval lies wholly on one side of zero, "
+              f'<span class="tie">{_VERDICTS["tie"]}</span> when it includes zero (a difference inside the noise '
+              "is a tie). ↓ lower is better, ↑ higher is better; changes of percentages are in percentage "
+              "points (pp).")
+    if differ:
+        notes.append("* The reports disagree on these figures (evaluated on other utterances or another target "
+                     "voice); the column shows the first, and each adapter's Δ is against its own report's base "
+                     "model: " + " · ".join(differ))
+    return "\n".join(lines) + _notes_html([legend] + notes)
+
+
+def _notes_html(notes: list[str]) -> str:
+    return '<div class="tts-notes">' + "".join(f"<p>{n}</p>" for n in notes) + "</div>"
+
+
+def _settings(report: dict) -> str:
+    """The strategy and λ the report names, in small type under the adapter's name."""
+    strategy, lam = report.get("strategy"), report.get("lam")
+    if not strategy:
+        return ""
+    text = f"{strategy}, λ {lam:g}" if isinstance(lam, (int, float)) and lam else str(strategy)
+    return f'<br><span class="small">{escape(text)}</span>'
+
+
+def _measure_label(measure: Measure, known: bool) -> str:
+    if not known:
+        return escape(measure.label)  # an unknown measure: its key, no direction
+    arrow, direction = ("↓", "lower is better") if measure.lower_is_better else ("↑", "higher is better")
+    return f'{escape(measure.label)} <span class="small">({escape(measure.unit)})</span> ' \
+           f'<span title="{direction}">{arrow}</span>'
+
+
+def _adapter_cell(measure: Measure, row: dict | None) -> str:
+    """The adapter's figure with its interval, and under it its change from the base model, coloured."""
+    if row is None:
+        return "–"
+    text = escape(_figure(measure, row["adapted"], row["adapted_ci"]))
+    change = row["change"]
+    if change is None:
+        return text
+    if row["change_ci"] is None and row["change_se"] is not None:  # an older report: a standard error
+        delta = f"{_figure(measure, change, signed=True)} ± {_bare(measure.format(row['change_se']))} s.e."
+    else:
+        delta = _figure(measure, change, row["change_ci"], signed=True)
+    verdict = change_verdict(measure.key, change, row["change_ci"])
+    word = f" {_VERDICTS[verdict]}" if verdict else ""
+    return f'{text}<br><span class="{verdict or "tie"}">Δ {escape(delta)}{word}</span>'
+
+
+def measure_definitions(adapters=()) -> str:
+    """What each measure means (Markdown): the table of measures', then any other term the reports of
+    ``adapters`` define (the interval; the measures of older reports)."""
+    lines = [("Every figure is a mean over the evaluated utterances (the error rates: all errors over all "
+              "reference words or characters) with its 95 % bootstrap interval over the utterances; a change is "
+              "measured on the same utterances for both models, and one whose interval includes zero is a tie. "
+              "The full account of the measures, how they are computed and how to read them: the page "
+              f"`{MEASURES_PAGE}` of the tts_adapt repository."), ""]
+    for m in MEASURES.values():
+        direction = "lower is better" if m.lower_is_better else "higher is better"
+        lines.append(f"- **{m.label}** ({m.unit}; {direction}): {m.definition}")
+    extra = {}
+    for _, report in _read_reports(adapters)[0]:
+        extra.update({k: v for k, v in report["definitions"].items() if k not in MEASURES and k not in extra})
+    if extra:
+        lines += ["", "Also defined by the reports:", ""] + [f"- **{k}**: {v}" for k, v in extra.items()]
     return "\n".join(lines)
 
 
@@ -118,7 +334,8 @@ class DemoService:
         return _audio(wav, self.sample_rate), mel_image(mel)
 
     def compare(self, text: str, voice: str, reference: str | None, adapters: list[str], progress=None):
-        """One slot per model (base first): ``(name, title, audio, mel image, evaluation markdown)``."""
+        """One slot per model (base first): ``(name, title, audio, mel image, evaluation status)``; the
+        evaluations themselves are in :meth:`evaluation`."""
         names = [BASE] + [a for a in self.bank.names() if a in set(adapters or [])]
         if len(names) > MAX_SLOTS:
             raise ValueError(f"{len(names) - 1} adapters chosen; compare at most {MAX_SLOTS - 1} at a time")
@@ -134,9 +351,14 @@ class DemoService:
                 evaluation = "the model every adapter starts from"
             else:
                 adapter = self.bank.get(name)
-                title, evaluation = f"### {name}\n{adapter.settings}", evaluation_markdown(adapter)
+                title, evaluation = f"### {name}\n{adapter.settings}", evaluation_status(adapter)
             slots.append((name, title, _audio(wav, self.sample_rate), mel_image(mel), evaluation))
         return slots
+
+    def evaluation(self, adapters: list[str]) -> tuple[str, str]:
+        """The evaluations of the named adapters as one table (HTML) and what its measures mean (Markdown)."""
+        chosen = [self.bank.get(name) for name in adapters]
+        return comparison_table(chosen), measure_definitions(chosen)
 
     # ------------------------------------------------------------------ cloning
     def curvature_status(self, strategy: str) -> str:
@@ -150,7 +372,9 @@ class DemoService:
         steps = int(steps)
         if not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be between 1 and {self.max_steps}, got {steps}")
-        config = AdaptConfig(strategy=strategy, lam=float(lam or 0.0) if get_strategy(strategy).uses_lam else 0.0,
+        # an empty λ field is the strategy's documented default, never a silent 0 (plain LoRA under another name)
+        lam = None if lam in (None, "") else float(lam)
+        config = AdaptConfig(strategy=strategy, lam=lam if get_strategy(strategy).uses_lam else 0.0,
                              rank=int(rank), steps=steps)
         curvature, why = curvature_for(strategy, self.curvature)
         if get_strategy(strategy).needs_curvature and curvature is None:
@@ -203,6 +427,9 @@ def build_app(service: DemoService) -> gr.Blocks:
                         slots.append((gr.Markdown(visible=i == 0), gr.Audio(label="audio", visible=i == 0),
                                       gr.Image(label="mel spectrogram", type="numpy", format="png", visible=i == 0),
                                       gr.Markdown(visible=i == 0)))
+            c_table = gr.HTML()
+            with gr.Accordion("What the measures mean", open=False):
+                c_definitions = gr.Markdown(measure_definitions())
         with gr.Tab("Speak"):
             s_text = gr.Textbox(label="Text", value="Hello, this is a test of my new voice.", lines=2)
             with gr.Row():
@@ -247,10 +474,10 @@ def build_app(service: DemoService) -> gr.Blocks:
                 else:
                     out += [gr.Markdown(visible=False), gr.Audio(None, visible=False), gr.Image(None, visible=False),
                             gr.Markdown(visible=False)]
-            return out
+            return out + list(service.evaluation([name for name, *_ in filled[1:]]))
 
-        c_button.click(compare, [c_text, c_voice, c_ref, c_models], [c_status] + [c for s in slots for c in s],
-                       api_name="compare")
+        c_button.click(compare, [c_text, c_voice, c_ref, c_models],
+                       [c_status] + [c for s in slots for c in s] + [c_table, c_definitions], api_name="compare")
     app.service = service
     return app
 
@@ -298,11 +525,15 @@ def _clone_tab(service: DemoService):
                                 info="lora: no penalty; l2: ‖ΔW‖²; diag / kfac / ekfac: Laplace penalty from "
                                      "the pretraining data's curvature (needs a curvature file)")
         with gr.Row():
-            lam = gr.Number(label="λ (penalty strength, in pretraining utterances)", value=1000, minimum=0)
+            lam = gr.Number(label="λ (penalty strength, in pretraining utterances)",
+                            value=get_strategy(default_strategy).default_lam or get_strategy("kfac").default_lam,
+                            minimum=0, info="empty: the strategy's default (docs/results.md says how it was chosen)")
             rank = gr.Slider(1, 32, value=8, step=1, label="LoRA rank")
             steps = gr.Slider(1, service.max_steps, value=min(200, service.max_steps), step=1, label="Steps")
         curvature = gr.Markdown(service.curvature_status(default_strategy))
         strategy.change(service.curvature_status, strategy, curvature, api_name="curvature_status")
+        # each strategy's own default λ (l2 counts squared weights, the Laplace penalties pretraining utterances)
+        strategy.change(lambda s: get_strategy(s).default_lam or None, strategy, lam, api_name=False)
         with gr.Row():
             start = gr.Button("Clone voice", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")

@@ -8,6 +8,7 @@ name only when complete, by one atomic rename; hidden folders are never listed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -26,22 +27,47 @@ class EvaluationReportError(ValueError):
 
 
 def read_evaluation(adapter: Adapter) -> dict | None:
-    """``eval/report.json`` written by ``tts-adapt evaluate --adapter`` ({"rows": [...],
-    "definitions": {...}}), or ``None`` when the adapter has not been evaluated. A row's
-    ``base``, ``adapted`` and ``change`` are floats, or ``None`` where there was nothing to score."""
+    """``eval/report.json`` written by ``tts-adapt evaluate --adapter``, or ``None`` when the adapter has
+    not been evaluated. The report's keys are kept; its ``rows`` are normalised: each has ``set``,
+    ``metric``, ``n`` (int or None), the figures ``base``, ``adapted``, ``change``, ``real`` and
+    ``change_se`` (floats, or None where there was nothing to score, NaN included) and the 95 % intervals
+    ``base_ci``, ``adapted_ci``, ``change_ci``, ``real_ci`` (``[low, high]`` of floats or None, or None
+    when the report has no such key: one written before the figures had intervals). ``definitions`` is
+    a dict (empty when missing)."""
     path = adapter.path / EVAL_REPORT
     if not path.is_file():
         return None
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-        rows = report["rows"]
-        for r in rows:
-            r["set"], r["metric"] = str(r["set"]), str(r["metric"])
-            for key in ("base", "adapted", "change"):
-                r[key] = None if r[key] is None else float(r[key])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        rows = [_report_row(r) for r in report["rows"]]
+        definitions = {str(k): str(v) for k, v in dict(report.get("definitions") or {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise EvaluationReportError(f"{path}: not a report of tts-adapt evaluate ({err})") from None
-    return {"rows": rows, "definitions": dict(report.get("definitions", {}))}
+    return {**report, "rows": rows, "definitions": definitions}
+
+
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _report_row(row: dict) -> dict:
+    out = {**row, "set": str(row["set"]), "metric": str(row["metric"]),
+           "n": None if row.get("n") is None else int(row["n"])}
+    out["adapted"] = _number(row["adapted"])
+    for key in ("base", "change", "real", "change_se"):
+        out[key] = _number(row.get(key))
+    for key in ("base_ci", "adapted_ci", "change_ci", "real_ci"):
+        if key not in row:  # a report from before the intervals
+            out[key] = None
+            continue
+        interval = row[key] if row[key] is not None else [None, None]
+        if len(interval) != 2:
+            raise ValueError(f"{key} of {out['set']}/{out['metric']} is not [low, high]: {interval!r}")
+        out[key] = [_number(v) for v in interval]
+    return out
 
 
 class AdapterBank:
