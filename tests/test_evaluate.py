@@ -338,3 +338,15 @@ def test_heldout_recordings_are_the_manifests_heldout_split_of_one_speaker_set(t
             assert all(p.is_file() for p in paths)
     with pytest.raises(FileNotFoundError, match="no manifest.csv"):
         heldout_recordings(tmp_path)
+
+
+def test_voice_prints_come_from_clips_that_are_not_evaluated_and_name_the_target_once():
+    from tts_adapt.data.samples import Utterance
+    from tts_adapt.evaluate.adapter import voice_print_clips
+    from tts_adapt.evaluate.scoring import EvalUtterance
+
+    utts = [Utterance(f"/d/{s}/{k}.wav", "text", s, split=split, utt_id=f"{s}{k}")
+            for s in ("old1", "slt") for k, split in enumerate(("heldout", "train", "train"))]
+    items = [EvalUtterance("pretrain", "old1", "old10", "text", "/d/old1/0.wav")]
+    clips = voice_print_clips(utts, items, ["/t/a.wav", "/t/b.wav"], target_speaker="slt")
+    assert clips == {"target": ["/t/a.wav", "/t/b.wav"], "old1": ["/d/old1/1.wav", "/d/old1/2.wav"]}

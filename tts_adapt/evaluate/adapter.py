@@ -48,7 +48,7 @@ def _target_heldout(run: dict, adapter: Path, target_dir, sample_rate: int):
     if run.get("target_dir") and Path(target_dir).resolve() == Path(run["target_dir"]).resolve():
         raise EvaluationInputError(f"{target_dir}: these are the clips the adapter was trained on; "
                                    "learning must be measured on held-out clips")
-    clips, _ = read_target_clips(target_dir, sample_rate, min_clips=1, max_clips=10 ** 6)
+    clips, _ = read_target_clips(Path(target_dir).resolve(), sample_rate, min_clips=1, max_clips=10 ** 6)
     return clips, prepared
 
 
@@ -95,6 +95,8 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
     heldout, prepared = _target_heldout(run, adapter, target_dir, sr)
     if data is None and prepared is not None:
         data, layout = prepared.data, prepared.layout
+    # absolute paths: the cached scores of the base model and the recordings are keyed by them
+    data = Path(data).resolve() if data else None
     data_utts = read_dataset(data, layout, validate_audio=False)[0] if data else None
     known = [n for n in base_backend.speakers.names if n != "target"]
     target_speaker = prepared.speaker if prepared else None

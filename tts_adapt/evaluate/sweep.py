@@ -94,7 +94,8 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         if heldout_dir is None:
             raise ValueError("with --target-dir, give --heldout-dir: held-out clips of the same speaker to "
                              "measure learning on")
-        clips_dir, heldout = Path(target_dir), Path(heldout_dir)
+        # absolute, as prepare_target writes them: run records and score caches name one folder one way
+        clips_dir, heldout = Path(target_dir).resolve(), Path(heldout_dir).resolve()
     else:
         if data is None:
             raise ValueError("give --data (a dataset with the target speaker) or --target-dir and --heldout-dir")
