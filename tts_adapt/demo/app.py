@@ -27,7 +27,8 @@ from tts_adapt.demo.jobs import CloneQueue, CloneRequest, curvature_for
 from tts_adapt.demo.uploads import (AUDIO_SUFFIXES, MAX_FILE_MB, TEXT_SUFFIXES, check_clips, check_reference,
                                     clips_from_upload, transcript_rows, write_target_folder)
 from tts_adapt.demo.voices import BASE, REFERENCE, VoiceModels, mel_image
-from tts_adapt.evaluate.measures import MEASURES, Measure, interval_excludes_zero
+from tts_adapt.evaluate.measures import MEASURES, Measure
+from tts_adapt.evaluate.measures import verdict as change_verdict
 from tts_adapt.evaluate.model_card import training_steps
 
 log = logging.getLogger(__name__)
@@ -94,18 +95,6 @@ def _unknown(key: str) -> Measure:
 def _is_old(report: dict) -> bool:
     """Written before the figures had intervals, or with measures that have since been renamed."""
     return any(r["change_ci"] is None or r["metric"] not in MEASURES for r in report["rows"])
-
-
-def change_verdict(metric: str, change: float | None, interval) -> str | None:
-    """``better``, ``worse`` or ``tie`` for a change (adapted - base) of ``metric`` by its 95 % interval:
-    better or worse only when the interval lies wholly on one side of zero (a difference inside the noise
-    is a tie); ``None`` when it cannot be judged (no change, no interval, a measure of unknown direction)."""
-    measure = MEASURES.get(metric)
-    if measure is None or change is None or interval is None or None in interval:
-        return None
-    if not interval_excludes_zero(interval):
-        return "tie"
-    return "better" if measure.better(interval[0] if interval[0] > 0 else interval[1]) else "worse"
 
 
 def _bare(text: str) -> str:

@@ -22,7 +22,7 @@ from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.target_split import find_prepared_target
 from tts_adapt.evaluate.identification import VoicePrints
 from tts_adapt.evaluate.learning import DEFINITIONS, SETS, select_utterances, summary_rows
-from tts_adapt.evaluate.measures import MEASURES, interval_excludes_zero
+from tts_adapt.evaluate.measures import MEASURES, verdict
 from tts_adapt.evaluate.scoring import EvalUtterance, Listeners, RealAudio, cached_recordings, cached_scores, score_model
 from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 from tts_adapt.models.base import TTSBackend
@@ -204,15 +204,6 @@ def _with_interval(measure, value, interval, signed: bool = False) -> str:
            f"{measure.format(high, signed=signed).removesuffix(unit)}]{unit}"
 
 
-def verdict(row: dict) -> str:
-    """``better`` / ``worse`` when the change's interval excludes zero, else ``tie`` (inside the noise)."""
-    if row.get("change") is None:
-        return "–"
-    if not interval_excludes_zero(row.get("change_ci", [None, None])):
-        return "tie"
-    return "better" if MEASURES[row["metric"]].better(row["change"]) else "worse"
-
-
 def to_markdown(report: dict) -> str:
     lines = [f"# Evaluation of {report['adapter']}", "",
              f"Strategy {report['strategy']}, λ = {report['lam']}; base model {report['model']}; "
@@ -225,7 +216,8 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {SET_LABELS[r['set']]} | {label} | {r['n']} | "
                      f"{_with_interval(m, r['real'], r['real_ci'])} | {_with_interval(m, r['base'], r['base_ci'])} | "
                      f"{_with_interval(m, r['adapted'], r['adapted_ci'])} | "
-                     f"{_with_interval(m, r['change'], r['change_ci'], signed=True)} | {verdict(r)} |")
+                     f"{_with_interval(m, r['change'], r['change_ci'], signed=True)} | "
+                     f"{verdict(r['metric'], r['change'], r['change_ci']) or '–'} |")
     lines += ["", "Speakers: " + "; ".join(f"{k}: {', '.join(v) or '–'}" for k, v in report["speakers"].items()),
               f"Identification among {report.get('voices', 0)} voices.", ""]
     lines += [f"![{name}]({name})" for name in report["images"]]

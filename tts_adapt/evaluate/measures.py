@@ -182,3 +182,15 @@ def interval_excludes_zero(interval: Sequence[float | None]) -> bool:
     """Is a change's interval wholly on one side of zero (a difference outside the noise)?"""
     low, high = interval
     return low is not None and high is not None and (low > 0 or high < 0)
+
+
+def verdict(metric: str, change: float | None, interval) -> str | None:
+    """``better``, ``worse`` or ``tie`` for a change (adapted - base) of measure ``metric`` by its 95 % interval:
+    better or worse only when the interval lies wholly on one side of zero (a difference inside the noise is
+    a tie); None when it cannot be judged (no change, no interval, a measure of unknown direction)."""
+    measure = MEASURES.get(metric)
+    if measure is None or change is None or interval is None or None in interval:
+        return None
+    if not interval_excludes_zero(interval):
+        return "tie"
+    return "better" if measure.better(interval[0] if interval[0] > 0 else interval[1]) else "worse"
