@@ -36,6 +36,21 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
+def flite_speech(text: str, path: Path, voice: str = "slt", *options: str) -> tuple:
+    """``text`` spoken by flite's ``voice`` into ``path`` (16 kHz WAV): ``(samples float32, rate)``; the test
+    is skipped where flite is missing. ``options`` go to flite before the text (``--setf`` settings)."""
+    import subprocess
+
+    import soundfile as sf
+
+    if shutil.which("flite") is None:
+        pytest.skip("needs flite (installed by scripts/setup.sh)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["flite", "-voice", voice, *options, "-t", text, "-o", str(path)], check=True, capture_output=True)
+    wav, sr = sf.read(str(path), dtype="float32")
+    return wav, sr
+
+
 @pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory) -> Path:
     """One feature cache for every test of the session, so features are extracted once."""

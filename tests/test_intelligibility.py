@@ -3,13 +3,11 @@ against jiwer, and the bootstrap interval."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import flite_speech
 
 from tts_adapt.data.audio import resample
 from tts_adapt.evaluate.intelligibility import (
@@ -33,12 +31,7 @@ def recogniser() -> Recogniser:
 @pytest.fixture(scope="module")
 def flite_clip(tmp_path_factory) -> tuple[np.ndarray, int]:
     """:data:`SENTENCE` spoken by flite's awb voice (16 kHz)."""
-    if shutil.which("flite") is None:
-        pytest.skip("needs flite (installed by scripts/setup.sh)")
-    path = tmp_path_factory.mktemp("flite") / "awb.wav"
-    subprocess.run(["flite", "-voice", "awb", "-t", SENTENCE, "-o", str(path)], check=True, capture_output=True)
-    wav, sr = sf.read(str(path), dtype="float32")
-    return wav, sr
+    return flite_speech(SENTENCE, tmp_path_factory.mktemp("flite") / "awb.wav", "awb")
 
 
 def test_clear_speech_is_recognised(recogniser, flite_clip):

@@ -4,12 +4,10 @@ determinism, the sample rate, short clips (repeated to the model's window) and r
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
-import soundfile as sf
+from conftest import flite_speech
 
 from tts_adapt.data.audio import resample
 from tts_adapt.evaluate.naturalness import DNSMOS_RATE, WINDOW_SAMPLES, NaturalnessPredictor
@@ -26,11 +24,7 @@ def predictor() -> NaturalnessPredictor:
 @pytest.fixture(scope="module")
 def flite_clip(tmp_path_factory) -> tuple[np.ndarray, int]:
     """:data:`SENTENCE` spoken by flite's slt voice (16 kHz, about 5 s)."""
-    if shutil.which("flite") is None:
-        pytest.skip("needs flite (installed by scripts/setup.sh)")
-    path = tmp_path_factory.mktemp("flite") / "slt.wav"
-    subprocess.run(["flite", "-voice", "slt", "-t", SENTENCE, "-o", str(path)], check=True, capture_output=True)
-    wav, sr = sf.read(str(path), dtype="float32")
+    wav, sr = flite_speech(SENTENCE, tmp_path_factory.mktemp("flite") / "slt.wav", "slt")
     assert sr == DNSMOS_RATE
     return wav, sr
 
