@@ -460,7 +460,10 @@ def test_numeric_settings_are_checked_when_made(changes, message):
 
 
 def test_an_unset_lambda_is_the_strategys_documented_default():
-    assert AdaptConfig(strategy="kfac").lam == get_strategy("kfac").default_lam == 1000.0
+    assert AdaptConfig(strategy="kfac").lam == get_strategy("kfac").default_lam == 30000.0
+    from tts_adapt.quickstart import QUICKSTART_LAM
+
+    assert QUICKSTART_LAM == get_strategy("kfac").default_lam  # the quickstart runs the documented default
     assert AdaptConfig(strategy="l2").lam == 10.0 and AdaptConfig(strategy="lora").lam == 0.0
 
 

@@ -43,8 +43,10 @@ class PenaltyStrategy(Strategy):
     """LoRA under (λ / 2) · Σ_layers P(ΔW); calling the strategy on a model's LoRA factors gives Σ P."""
 
     uses_lam = True
-    #: λ of a run that sets none: the quickstart's, 1,000 pretraining utterances (docs/method.md)
-    default_lam = 1000.0
+    #: λ of a run that sets none, in pretraining utterances: the knee of K-FAC's learning-forgetting curve on the
+    #: embedded default, where forgetting stops falling while the target is learned as well as by plain LoRA
+    #: (docs/results.md, "Choosing λ"; the quickstart's value)
+    default_lam = 30000.0
 
     def __call__(self, factors: list[LoraFactors]) -> torch.Tensor:
         total = factors[0].A.new_zeros(()) if factors else torch.zeros(())
