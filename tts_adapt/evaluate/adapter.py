@@ -58,8 +58,8 @@ def voice_print_clips(data_utts, items: list[EvalUtterance], target_clips: list[
     evaluated (its training clips first). The target's own name in the dataset is left out: it is ``target``."""
     evaluated = {i.audio for i in items}
     clips: dict[str, list[str]] = {"target": list(target_clips)} if target_clips else {}
-    for u in sorted(data_utts or [], key=lambda u: (u.split not in (None, "", "train") and "train" not in str(u.split),
-                                                    u.audio_path)):
+    # training clips first (a dataset without splits counts as training clips)
+    for u in sorted(data_utts or [], key=lambda u: ("train" not in (u.split or "train"), u.audio_path)):
         if u.speaker != target_speaker and u.audio_path not in evaluated:
             clips.setdefault(u.speaker, []).append(u.audio_path)
     return clips
