@@ -46,6 +46,22 @@ def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def add_device_flags(parser: argparse.ArgumentParser, *, precision: bool = False, loader: bool = False) -> None:
+    """``--device`` on every command that runs a model; ``--precision`` where one trains, ``--loader-workers``
+    where batches stream from a corpus."""
+    parser.add_argument("--device", default="auto",
+                        help="where models run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
+                             "cuda:N or mps (default: auto)")
+    if precision:
+        parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                            help="training arithmetic: fp32, or mixed precision bf16 / fp16 (fp16: GPUs, with a "
+                                 "gradient scaler); penalties and curvature stay fp32 (default: fp32)")
+    if loader:
+        parser.add_argument("--loader-workers", type=int, default=0,
+                            help="processes that make batches ahead of the model (DataLoader workers; pinned "
+                                 "memory on a GPU). 0: in the main process (default: 0)")
+
+
 def config_from_args(args, config_cls, section: str):
     """``config_cls`` from --config (its ``section:``) with command-line flags on top."""
     from tts_adapt.settings import load_section
@@ -104,7 +120,8 @@ def cmd_pretrain(args) -> int:
     config = config_from_args(args, PretrainConfig, "pretrain")
     backend = pretrain(args.data, args.out, config, layout=args.layout, cache_dir=args.cache_dir,
                        workers=args.workers, progress=not args.quiet, stop_after=args.stop_after,
-                       max_minutes=args.max_minutes)
+                       max_minutes=args.max_minutes, device=args.device, precision=args.precision,
+                       loader_workers=args.loader_workers)
     print(f"model saved in {args.out} ({backend.num_parameters() / 1e6:.2f} M parameters, "
           f"step {backend.info.get('steps')}); training log: {Path(args.out) / 'train_log.csv'}")
     return 0
@@ -121,7 +138,7 @@ def cmd_synthesize(args) -> int:
         if args.text is not None:
             sentences_to_speak(args.text)
     model = args.model if args.adapter is None else adapted_model(args.adapter, args.model)
-    synth = Synthesizer(model, vocoder=args.vocoder)
+    synth = Synthesizer(model, vocoder=args.vocoder, device=args.device)
     if args.list_speakers:
         table = synth.backend.speakers
         print(f"{len(table.names)} speakers ({table.kind}): " + " ".join(table.names))
@@ -145,7 +162,8 @@ def cmd_fit_curvature(args) -> int:
     curvature, summary = fit_curvature_file(
         args.model, args.data, args.out, method=c.method, fisher=c.fisher, targets=args.targets,
         num_utterances=c.num_utterances, batch_size=c.batch_size, seed=c.seed, layout=args.layout,
-        cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet)
+        cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet, device=args.device,
+        loader_workers=args.loader_workers)
     if summary["size_mb"] is not None:
         print(f"{curvature.method} ({curvature.fisher} Fisher) of {summary['layers']} layers on "
               f"{summary['utterances']} utterances in {summary['seconds']:.0f} s "
@@ -160,7 +178,7 @@ def cmd_adapt(args) -> int:
     config = config_from_args(args, AdaptConfig, "adapt")
     run = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
                 resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet,
-                min_clips=args.min_clips, max_clips=args.max_clips)
+                min_clips=args.min_clips, max_clips=args.max_clips, device=args.device, precision=args.precision)
     print(f"adapter saved in {args.out}: {run['steps']} steps ({run['stopped']}), best validation loss "
           f"{run['best_val_loss']:.4f}, {run['wall_seconds']:.0f} s")
     return 0
@@ -174,7 +192,8 @@ def cmd_evaluate(args) -> int:
         report = evaluate_adapter(args.adapter, args.out, model=args.model, target_dir=args.target_dir,
                                   data=args.data, layout=args.layout, old_speakers=args.old_speakers,
                                   unseen_speakers=args.unseen_speakers, per_speaker=args.per_speaker or 4,
-                                  images=args.images, cache_dir=args.cache_dir, progress=not args.quiet)
+                                  images=args.images, cache_dir=args.cache_dir, progress=not args.quiet,
+                                  device=args.device)
         out = Path(args.out) if args.out else Path(args.adapter) / "eval"
         print(to_markdown(report))
         print(f"report written to {out / 'report.json'} and {out / 'report.md'}")
@@ -186,7 +205,7 @@ def cmd_evaluate(args) -> int:
                          "with --adapter DIR, the adapter is evaluated against the base model")
     report = evaluate_base_model(args.model, args.data, args.out, per_speaker=args.per_speaker or 3,
                                  speaker_sets=tuple(args.sets.split(",")), max_speakers=args.max_speakers,
-                                 progress=not args.quiet, vocoder=args.vocoder)
+                                 progress=not args.quiet, vocoder=args.vocoder, device=args.device)
     print(report["markdown"])
     if args.write_card:
         from tts_adapt.evaluate.model_card import write_model_card
@@ -228,7 +247,7 @@ def cmd_sweep(args) -> int:
     summary = run_sweep(args.out, config, model=args.model, data=data, layout=args.layout,
                         target_speaker=args.target_speaker, target_dir=args.target_dir, heldout_dir=args.heldout_dir,
                         curvature_data=args.curvature_data, cache_dir=args.cache_dir, publish=args.publish,
-                        progress=not args.quiet)
+                        progress=not args.quiet, device=args.device, precision=args.precision)
     from tts_adapt.evaluate.sweep import to_markdown
 
     print(to_markdown(summary["cells"], summary))
@@ -243,7 +262,7 @@ def cmd_demo(args) -> int:
 
     print(f"loading the base model and the adapters of {args.adapters} ...", flush=True)
     run_demo(args.host, args.port, args.model, args.adapters, args.curvature, min_clips=args.min_clips,
-             max_steps=args.max_steps, vocoder=args.vocoder)
+             max_steps=args.max_steps, vocoder=args.vocoder, device=args.device)
     return 0
 
 
@@ -252,7 +271,7 @@ def cmd_quickstart(args) -> int:
     from tts_adapt.quickstart import quickstart_config, run_quickstart
 
     config = quickstart_config(args.lam, steps=args.steps, clips=args.clips)
-    run_quickstart(args.workdir, config, model=args.model, progress=not args.quiet)
+    run_quickstart(args.workdir, config, model=args.model, progress=not args.quiet, device=args.device)
     return 0
 
 
@@ -311,9 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tts_adapt.models.pretrain_config import PretrainConfig
 
     p = sub.add_parser("pretrain", help="train the multi-speaker base model on a corpus",
-                       description="Train the multi-speaker base model on CPU. Checkpoints regularly; re-running "
+                       description="Train the multi-speaker base model. Checkpoints regularly; re-running "
                                    "the same command resumes exactly where it stopped. Data-parallel under "
-                                   "torchrun (gloo): torchrun --nproc_per_node 2 -m tts_adapt.cli pretrain ...")
+                                   "torchrun (gloo on CPUs, NCCL on GPUs): torchrun --nproc_per_node 2 -m "
+                                   "tts_adapt.cli pretrain ...")
     p.add_argument("--data", required=True, type=Path, help="dataset root (the embedded corpus or any layout)")
     p.add_argument("--out", required=True, type=Path, help="model / run folder")
     add_layout_flag(p)
@@ -324,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end this sitting after M minutes of training (resumable; equal-time pilots)")
     add_quiet_flag(p)
     add_config_flags(p, PretrainConfig)
+    add_device_flags(p, precision=True, loader=True)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("synthesize", help="speak text with the base model or an adapter",
@@ -341,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-scale", type=float, default=1.0,
                    help="speaking-rate factor from 0.25 to 4, >1 slower (default: 1)")
     p.add_argument("--list-speakers", action="store_true", help="list the model's speakers and exit")
+    add_device_flags(p)
     p.set_defaults(func=cmd_synthesize)
 
     from tts_adapt.curvature.curvature_config import CurvatureConfig
@@ -360,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for feature extraction")
     add_quiet_flag(p)
     add_config_flags(p, CurvatureConfig)
+    add_device_flags(p, loader=True)
     p.set_defaults(func=cmd_fit_curvature)
 
     from tts_adapt.adapt.adapt_config import MAX_CLIPS, MIN_CLIPS, AdaptConfig
@@ -385,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_flag(p)
     add_quiet_flag(p)
     add_config_flags(p, AdaptConfig)
+    add_device_flags(p, precision=True)
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("evaluate", help="measure an adapter's learning and forgetting, or score a model's voices",
@@ -418,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-card", action="store_true",
                    help="without --adapter: also write MODEL_CARD.md (with these scores) into the model folder")
     add_quiet_flag(p)
+    add_device_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prepare-target", help="take a speaker's adaptation and held-out clips from a dataset",
@@ -451,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where the embedded corpus is kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
     add_quiet_flag(p)
     add_config_flags(p, SweepConfig)
+    add_device_flags(p, precision=True)
     p.set_defaults(func=cmd_sweep)
 
     workdir = Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR))
@@ -471,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-clips", type=int, default=5, help="fewest clips a clone accepts (default: 5)")
     p.add_argument("--max-steps", type=int, default=1000, help="most adaptation steps a clone may ask (default: 1000)")
     p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
+    add_device_flags(p)
     p.set_defaults(func=cmd_demo)
 
     from tts_adapt.evaluate.sweep_config import SweepConfig
@@ -491,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"where corpora and runs are kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
     add_quiet_flag(q)
+    add_device_flags(q)
     q.set_defaults(func=cmd_quickstart)
     return parser
 

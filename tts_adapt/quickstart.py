@@ -8,6 +8,10 @@
 5. evaluate both adapters against the base model (``tts-adapt evaluate``: reports in
    ``<adapter>/eval``) and print target similarity / MCD against the MCD change of old speakers
    and of unseen voices.
+
+The figures, their intervals and the timings are also written to ``<workdir>/quickstart.json`` (with the
+device and the base model's fingerprint), so that runs on two machines or devices can be compared
+(``python benchmarks/compare_quickstart.py A.json B.json``).
 """
 
 from __future__ import annotations
@@ -57,8 +61,9 @@ def quickstart_table(rows: list[dict], seconds: dict[str, float]) -> str:
 
 
 def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, model=None,
-                   progress: bool = True, echo=print) -> dict:
-    """Run the quickstart in ``workdir`` with ``config`` (default: :func:`quickstart_config`)."""
+                   progress: bool = True, echo=print, device: str | None = "auto") -> dict:
+    """Run the quickstart in ``workdir`` with ``config`` (default: :func:`quickstart_config`) on ``device``
+    (a ``--device`` value; ``auto``: a CUDA GPU when there is one)."""
     # imported here, not at the top: the CLI reads this module for its flags without importing PyTorch
     from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.data.corpus import CorpusConfig, build_corpus
@@ -69,6 +74,8 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     from tts_adapt.evaluate.sweep import adapt_cell, cell_row, ensure_curvature
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.evaluate.model_card import training_steps
+    from tts_adapt.device import describe_device, resolve_device
+    from tts_adapt.io import write_json_atomic
     from tts_adapt.models.synthesis import default_model_dir
 
     config = config or quickstart_config()
@@ -91,7 +98,7 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     echo(f"[3/5] K-FAC curvature of {config.curvature_utterances} pretraining utterances (fitted once, then reused)")
     kfac = ensure_curvature(model_dir, base, corpus, workdir, "kfac", num_utterances=config.curvature_utterances,
                             seed=config.seed, layout="auto", cache_dir=None, progress=progress,
-                           echo=lambda m: echo(f"      {m}"))
+                            echo=lambda m: echo(f"      {m}"), device=device)
     seconds["curvature"] = time.time() - t0
 
     target = choose_target(corpus)
@@ -105,7 +112,7 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
                           seed=config.seed)
         out = workdir / "adapters" / name
         run = adapt_cell(out, prepared.clips_dir, model_dir, cfg, kfac if strategy != "lora" else None, progress,
-                         echo=lambda m: echo(f"      {m}"))
+                         echo=lambda m: echo(f"      {m}"), device=device)
         echo(f"      {name}: {run['steps']} steps ({run['stopped']}) in {run['wall_seconds']:.0f} s -> {out}")
         seconds[name] = run["wall_seconds"]
         adapters[name], runs[name] = out, run
@@ -118,7 +125,7 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     for name, path in adapters.items():
         report = evaluate_adapter(path, model=model_dir, old_speakers=config.old_speakers,
                                   unseen_speakers=config.unseen_speakers, per_speaker=config.per_speaker,
-                                  real=real, listeners=listeners, progress=progress)
+                                  real=real, listeners=listeners, progress=progress, device=device)
         rows.append(cell_row(name, runs[name]["config"]["strategy"], runs[name]["config"]["lam"], runs[name], report))
     seconds["evaluation"] = time.time() - t0
     echo("")
@@ -133,4 +140,8 @@ def run_quickstart(workdir: str | Path, config: SweepConfig | None = None, *, mo
     total = time.time() - t_all
     echo(f"done in {total:.0f} s. Reports with spectrograms and wavs: {workdir / 'adapters'}/<model>/eval/ ; "
          f"listen side by side with: tts-adapt demo --adapters {workdir / 'adapters'}")
-    return {"rows": rows, "seconds": seconds, "total_seconds": total, "target": target}
+    result = {"rows": rows, "seconds": seconds, "total_seconds": total, "target": target,
+              "device": describe_device(resolve_device(device)), "base_model": str(model_dir),
+              "base_fingerprint": base.fingerprint(), "lam": config.lams[0], "steps": config.steps}
+    write_json_atomic(workdir / "quickstart.json", result)
+    return result

@@ -203,6 +203,9 @@ def load_adapter(backend: TTSBackend, adapter_dir: str | Path) -> TTSBackend:
     return Adapter.load(adapter_dir).apply(backend)
 
 
-def adapted_model(adapter_dir: str | Path, model: str | Path | None = None) -> TTSBackend:
-    """The base model ``model`` (default: the shipped one) with the adapter of ``adapter_dir`` on it."""
-    return load_adapter(TTSBackend.from_pretrained(model or default_model_dir()), adapter_dir)
+def adapted_model(adapter_dir: str | Path, model: str | Path | None = None, device: str | None = None
+                  ) -> TTSBackend:
+    """The base model ``model`` (default: the shipped one) with the adapter of ``adapter_dir`` on it, on
+    ``device`` (a ``--device`` value; None: the CPU, where models load)."""
+    backend = load_adapter(TTSBackend.from_pretrained(model or default_model_dir()), adapter_dir)
+    return backend.to(device) if device is not None else backend

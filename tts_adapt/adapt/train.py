@@ -28,6 +28,7 @@ from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.clips import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.curvature.storage import read_header
+from tts_adapt.device import check_precision, resolve_device
 from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.synthesis import default_model_dir
 from tts_adapt.models.trainer import Callback, LoopConfig, Trainer, read_checkpoint, validation_loss
@@ -154,7 +155,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
           targets: list[str] | None = None, resume: bool = False, val_dir: str | Path | None = None,
           cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
           min_clips: int = MIN_CLIPS, max_clips: int | None = MAX_CLIPS,
-          on_step: Callable[[int, int, dict], bool] | None = None) -> dict:
+          on_step: Callable[[int, int, dict], bool] | None = None, device: str | None = "auto",
+          precision: str = "fp32") -> dict:
     """Fine-tune LoRA on the target clips; returns the run record (also written to ``out/run.json``).
 
     ``stop_after`` ends this call after that many steps, leaving a resumable
@@ -168,6 +170,10 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     Nothing is saved from a run that never reached a finite validation loss (:class:`DivergedError`);
     a run that diverges after one keeps the best validation's adapter and says so in ``stopped``.
     A refused run leaves ``out`` as it was (a folder this call created is removed again).
+
+    ``device`` (a ``--device`` value: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) and ``precision``
+    (``fp32``, ``bf16``, ``fp16``; the penalty stays fp32) say where and how the adapter trains; a run may
+    resume on another device. The adapter's files are the same wherever it was trained.
     """
     if max_clips is not None and max_clips < min_clips:
         raise ValueError(f"max_clips ({max_clips}) is below min_clips ({min_clips})")
@@ -185,11 +191,13 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
         log.warning("strategy %s does not use the curvature file %s", config.strategy, curvature)
     out = Path(out)
     t0 = time.time()
+    device = resolve_device(device)
+    precision = check_precision(precision, device)
     state = _resumable_state(out, resume, config)
     created = _check_writable(out)
     try:
         run = _adapt(target_dir, out, model, config, strategy_cls, curvature, targets, state, val_dir, cache_dir,
-                     progress, stop_after, min_clips, max_clips, on_step, t0)
+                     progress, stop_after, min_clips, max_clips, on_step, t0, device, precision)
         if created and run.get("status") == "cancelled":
             shutil.rmtree(out, ignore_errors=True)
         return run
@@ -201,7 +209,7 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
 
 
 def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curvature, targets, state, val_dir,
-           cache_dir, progress, stop_after, min_clips, max_clips, on_step, t0) -> dict:
+           cache_dir, progress, stop_after, min_clips, max_clips, on_step, t0, device, precision) -> dict:
     model_dir = Path(model) if model else default_model_dir()
     backend = TTSBackend.from_pretrained(model_dir)
     base_fingerprint = backend.fingerprint()
@@ -236,6 +244,7 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
     targets = targets or (list(curv.targets) if curv is not None else backend.lora_targets())
     strategy = strategy_cls.from_config(config, curv)
     strategy.wrap(backend.model, targets, trainable_rows)
+    backend.to(device)  # after wrapping: the LoRA weights move with the layers they belong to
     params = strategy.trainable_parameters()
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
     torch.manual_seed(config.seed)
@@ -250,7 +259,7 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
         validate=lambda: validation_loss(backend, val_feats, config.batch_size),
         checkpoint_path=out / CHECKPOINT_DIR / STATE_FILE, callbacks=callbacks,
         settings={"config": config.to_dict(), "identity": identity}, progress=progress,
-        desc=f"adapting ({config.strategy})")
+        desc=f"adapting ({config.strategy})", device=device, precision=precision)
     if state is not None:
         trainer.load_state_dict(state)
     stopped = trainer.fit(stop_after=stop_after)
@@ -278,6 +287,7 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
         "steps": trainer.step, "stopped": stopped, "best_val_loss": trainer.best_val, "best_step": trainer.best_step,
         "curve": curve.rows, "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
         "trainable_parameters": sum(p.numel() for p in params.values()),
+        "device": device.type, "precision": precision,
     }
     save_adapter(out, strategy.model, d_vec, _finite_or_none(run), base_fingerprint=base_fingerprint,
                  targets=targets)

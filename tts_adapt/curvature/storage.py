@@ -22,7 +22,7 @@ not stored: it is a parameter of the penalty that uses the curvature.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,13 +48,13 @@ PACKED = ".triu"
 
 def pack_symmetric(m: torch.Tensor) -> torch.Tensor:
     """Upper triangle (with diagonal) of a symmetric (n, n) matrix, row by row: (n (n + 1) / 2,)."""
-    i, j = torch.triu_indices(m.shape[0], m.shape[0])
+    i, j = torch.triu_indices(m.shape[0], m.shape[0], device=m.device)
     return m[i, j]
 
 
 def unpack_symmetric(packed: torch.Tensor) -> torch.Tensor:
     n = int(round(((8 * packed.numel() + 1) ** 0.5 - 1) / 2))
-    i, j = torch.triu_indices(n, n)
+    i, j = torch.triu_indices(n, n, device=packed.device)
     m = packed.new_zeros(n, n)
     m[i, j] = packed
     m[j, i] = packed
@@ -133,6 +133,11 @@ class Curvature:
         self.layer(name)
         return {kind: self.tensors[f"{name}.{kind}"] for kind in TENSORS[self.method]}
 
+    def to(self, device: torch.device | str) -> "Curvature":
+        """The curvature with its tensors on ``device`` (float32): a penalty is computed where its adapter
+        is, without copying the factors at every step. Files are written from the CPU either way."""
+        return replace(self, tensors={k: v.to(device=device, dtype=torch.float32) for k, v in self.tensors.items()})
+
     # ------------------------------------------------------------------ files
     def metadata(self) -> dict:
         return {
@@ -147,7 +152,7 @@ class Curvature:
         """Write the curvature atomically to ``path`` (safetensors, float32)."""
         tensors = {}
         for k, v in self.tensors.items():
-            v = v.detach().to(torch.float32)
+            v = v.detach().to("cpu", torch.float32)
             if k.rsplit(".", 1)[-1] in SYMMETRIC:
                 k, v = k + PACKED, pack_symmetric(v)
             tensors[k] = v.contiguous()

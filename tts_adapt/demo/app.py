@@ -281,16 +281,16 @@ class DemoService:
     def __init__(self, model: str | Path | None = None, adapters: str | Path = DEFAULT_ADAPTERS,
                  curvature: list[str | Path] | None = None, *, min_clips: int = MIN_CLIPS,
                  max_clips: int = MAX_CLIPS, max_steps: int = 1000, preload: bool = True,
-                 vocoder: str | Path | None = None):
+                 vocoder: str | Path | None = None, device: str | None = "auto"):
         self.bank = AdapterBank(adapters)
         for stale in self.bank.remove_stale_staging():
             log.warning("removed %s, left by an interrupted clone run", stale)
-        self.models = VoiceModels(self.bank, model, vocoder=vocoder)
+        self.models = VoiceModels(self.bank, model, vocoder=vocoder, device=device)
         if preload:
             self.models.preload()
         self.curvature = [Path(p) for p in (curvature if curvature is not None else [DEFAULT_CURVATURE])]
         self.min_clips, self.max_clips, self.max_steps = min_clips, max_clips, max_steps
-        self.jobs = CloneQueue(self.bank, self.models.model_dir)
+        self.jobs = CloneQueue(self.bank, self.models.model_dir, device=device)
         self._prompts: list[str] | None = None
 
     @property

@@ -79,8 +79,8 @@ class CloneJob:
 class CloneQueue:
     """A single-worker queue of :class:`CloneJob` runs against one base model and one bank."""
 
-    def __init__(self, bank: AdapterBank, model_dir: Path):
-        self.bank, self.model_dir = bank, Path(model_dir)
+    def __init__(self, bank: AdapterBank, model_dir: Path, device: str | None = "auto"):
+        self.bank, self.model_dir, self.device = bank, Path(model_dir), device
         self._queue: queue.Queue[CloneJob | None] = queue.Queue()
         self._jobs: list[CloneJob] = []
         self._lock = threading.Lock()
@@ -149,7 +149,8 @@ class CloneQueue:
 
         out = req.staging / "adapter"
         run = adapt(req.clips_dir, out, self.model_dir, req.config, curvature=req.curvature,
-                    cache_dir=req.staging / "features", progress=False, min_clips=req.min_clips, on_step=on_step)
+                    cache_dir=req.staging / "features", progress=False, min_clips=req.min_clips, on_step=on_step,
+                    device=self.device)
         if run["stopped"] == "cancelled" or job.cancel_requested:
             return "cancelled", f"cancelled at step {run['steps']}; nothing was saved"
         # the clips are deleted with the staging folder: run.json says where they came from instead

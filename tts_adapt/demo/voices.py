@@ -42,8 +42,10 @@ class Voice:
 class VoiceModels:
     """The base model and the bank's adapters as :class:`Synthesizer` objects, loaded on first use."""
 
-    def __init__(self, bank: AdapterBank, model: str | Path | None = None, vocoder: str | Path | None = None):
+    def __init__(self, bank: AdapterBank, model: str | Path | None = None, vocoder: str | Path | None = None,
+                 device: str | None = None):
         self.bank = bank
+        self.device = device  # a --device value: where every voice's model runs (None: the CPU)
         self.model_dir = Path(model) if model else default_model_dir()
         self.vocoder = vocoder
         self._synths: dict[str, tuple[float, Synthesizer]] = {}
@@ -61,7 +63,7 @@ class VoiceModels:
             cached = self._synths.get(name)
             if cached is None or cached[0] != stamp:
                 model = self.model_dir if path is None else adapted_model(path, self.model_dir)
-                synth = Synthesizer(model, vocoder=self.vocoder)
+                synth = Synthesizer(model, vocoder=self.vocoder, device=self.device)
                 self._synths[name] = (stamp, synth)
             return self._synths[name][1]
 

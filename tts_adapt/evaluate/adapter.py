@@ -69,11 +69,13 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
                      target_dir: str | Path | None = None, data: str | Path | None = None, layout: str = "auto",
                      old_speakers: int = 8, unseen_speakers: int = 6, per_speaker: int = 4, images: int = 3,
                      cache_dir: str | Path | None = None, real: RealAudio | None = None,
-                     listeners: Listeners | None = None, save_wavs: bool = True, progress: bool = True) -> dict:
+                     listeners: Listeners | None = None, save_wavs: bool = True, progress: bool = True,
+                     device: str | None = None) -> dict:
     """Measure learning and forgetting of ``adapter`` (see the module docstrings); write the report into
     ``out`` (default: ``<adapter>/eval``): report.json, report.md, report.png, utterances.csv and mel images,
     and return it. ``real`` and ``listeners`` may be shared between calls (a sweep) to analyse each real
-    recording once and load the recogniser and the naturalness predictor once."""
+    recording once and load the recogniser and the naturalness predictor once. ``device`` (a ``--device``
+    value; None: the CPU) is where both models synthesise."""
     t0 = time.time()
     adapter = Path(adapter)
     out = Path(out) if out is not None else adapter / "eval"
@@ -85,11 +87,11 @@ def evaluate_adapter(adapter: str | Path, out: str | Path | None = None, *, mode
     model_dir = Path(model or run.get("base_model") or default_model_dir())
     cache = default_cache_dir(cache_dir)
 
-    adapted = Synthesizer(saved.apply(TTSBackend.from_pretrained(model_dir)))
+    adapted = Synthesizer(saved.apply(TTSBackend.from_pretrained(model_dir)), device=device)
     base_backend = TTSBackend.from_pretrained(model_dir)
     d_vector = saved.d_vector
     saved.speak_zero_shot(base_backend)  # a d-vector model: the base model speaks the target zero-shot
-    base = Synthesizer(base_backend)
+    base = Synthesizer(base_backend, device=device)
     sr = adapted.sample_rate
 
     heldout, prepared = _target_heldout(run, adapter, target_dir, sr)

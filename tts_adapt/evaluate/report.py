@@ -18,16 +18,16 @@ METRIC_DEFINITIONS = {
 
 def evaluate_base_model(model: str | Path | None, corpus: str | Path, out: str | Path, *, per_speaker: int = 3,
                         speaker_sets: tuple[str, ...] = ("pretrain", "unseen"), max_speakers: int | None = None,
-                        progress: bool = True, vocoder: str | Path | None = None) -> dict:
+                        progress: bool = True, vocoder: str | Path | None = None, device: str | None = None) -> dict:
     """Score the model's voices (see :mod:`tts_adapt.evaluate.corpus_voices`) through ``vocoder`` (see
-    :func:`tts_adapt.models.vocoder.make_vocoder`; Griffin-Lim by default); writes report.json,
-    report.md and speakers.csv into ``out`` and returns the report."""
+    :func:`tts_adapt.models.vocoder.make_vocoder`; Griffin-Lim by default) on ``device`` (a ``--device``
+    value; None: the CPU); writes report.json, report.md and speakers.csv into ``out`` and returns the report."""
     from tts_adapt.evaluate.corpus_voices import evaluate_voices, scores_to_rows, summarise
     from tts_adapt.models.synthesis import Synthesizer
 
     out = Path(out)
     t0 = time.time()
-    synth = Synthesizer(model, vocoder=vocoder)
+    synth = Synthesizer(model, vocoder=vocoder, device=device)
     scores = evaluate_voices(synth, corpus, speaker_sets, per_speaker, max_speakers=max_speakers,
                              progress=progress, wav_dir=out / "wavs")
     summary = summarise(scores)

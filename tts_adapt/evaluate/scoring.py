@@ -142,7 +142,7 @@ def _mel_losses(backend, items: list[EvalUtterance], cache_dir: Path) -> dict[tu
     backend.model.eval()
     with torch.no_grad():
         for key, f in zip(keys, feats):
-            _, parts = backend.loss(backend.collate([f]))
+            _, parts = backend.loss(backend.collate([f]).to(backend.device))
             out[key] = float(parts["loss_spec" if "loss_spec" in parts else "loss"])
     backend.model.train(was)
     return out

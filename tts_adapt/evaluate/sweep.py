@@ -57,8 +57,10 @@ def cell_folder(out: Path, name: str, seed: int, config: SweepConfig) -> Path:
     return out / "cells" / (name if seed == first else f"{name}-seed{seed}") / "adapter"
 
 
-def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo) -> dict:
-    """A finished adapter in ``folder`` with these settings, else adapt (resuming an interrupted run)."""
+def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo, *,
+               device: str | None = "auto", precision: str = "fp32") -> dict:
+    """A finished adapter in ``folder`` with these settings, else adapt (resuming an interrupted run) on
+    ``device`` at ``precision``."""
     run_json = folder / "run.json"
     if run_json.is_file():
         run = json.loads(run_json.read_text(encoding="utf-8"))
@@ -70,20 +72,22 @@ def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, p
     resume = (folder / "checkpoint" / "state.pt").is_file()
     # every clip of the folder: the sweep chose their number (config.clips) or the user did (--target-dir)
     return adapt(clips_dir, folder, model_dir, cfg, curvature=curvature, resume=resume, progress=progress,
-                 max_clips=None)
+                 max_clips=None, device=device, precision=precision)
 
 
 def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str | Path | None = None,
               data: str | Path | None = None, layout: str = "auto", target_speaker: str | None = None,
               target_dir: str | Path | None = None, heldout_dir: str | Path | None = None,
               curvature_data: str | Path | None = None, cache_dir: str | Path | None = None,
-              publish: str | Path | None = None, progress: bool = True, echo=print) -> dict:
+              publish: str | Path | None = None, progress: bool = True, echo=print, device: str | None = "auto",
+              precision: str = "fp32") -> dict:
     """Adapt and evaluate every (strategy, λ) of ``config``; write table.csv / table.md / pareto.png /
     summary.json into ``out`` and return the summary.
 
     ``data``: the dataset of old and unseen speakers (and of the target unless ``target_dir`` is given);
     ``target_dir`` / ``heldout_dir``: the user's own adaptation and held-out clips of the target;
-    ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot.
+    ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot;
+    ``device`` and ``precision``: where and how adaptations, curvature fits and evaluations run.
     """
     config = config or SweepConfig()  # (not a default argument: building one imports PyTorch)
     out = Path(out)
@@ -112,7 +116,7 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         curvatures[method] = ensure_curvature(model_dir, backend, curvature_data or data, out / "curvature",
                                               method, num_utterances=config.curvature_utterances,
                                               seed=config.seed, layout=layout, cache_dir=cache_dir,
-                                              progress=progress, echo=echo)
+                                              progress=progress, echo=echo, device=device)
 
     real, listeners = RealAudio(backend.audio.sample_rate), Listeners.full()
     runs = []
@@ -123,7 +127,7 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr, seed=seed)
         echo(f"[{k}/{len(cells)}] {name}, seed {seed}")
         run = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(curvature_of[strategy]),
-                          progress, echo)
+                         progress, echo, device=device, precision=precision)
         report_file = folder / "eval" / "report.json"
         report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
         if report is None or report_file.stat().st_mtime < (folder / "run.json").stat().st_mtime \
@@ -131,7 +135,7 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
             report = evaluate_adapter(folder, model=model_dir, target_dir=heldout, data=data, layout=layout,
                                       old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
                                       per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
-                                      listeners=listeners, progress=progress)
+                                      listeners=listeners, progress=progress, device=device)
         runs.append({**cell_row(name, strategy, lam, run, report), "seed": seed})
     rows = aggregate(runs)
     summary = summarise(rows, config, seconds=time.time() - t_all)
@@ -149,7 +153,7 @@ def _current(report: dict) -> bool:
 
 
 def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, *, num_utterances: int, seed: int,
-                     layout: str, cache_dir, progress: bool, echo) -> Path:
+                     layout: str, cache_dir, progress: bool, echo, device: str | None = "auto") -> Path:
     """``folder/<method>.safetensors``: reused when it matches the model, else fitted on ``num_utterances``."""
     path = folder / f"{method}.safetensors"
     try:
@@ -161,7 +165,8 @@ def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, 
         raise ValueError(f"strategy needing {method} curvature: give --curvature-data (pretraining utterances)")
     echo(f"fitting {method} curvature on {num_utterances} pretraining utterances -> {path}")
     path.unlink(missing_ok=True)
-    fit_curvature_file(model_dir, data, path, method=method, num_utterances=num_utterances, seed=seed, layout=layout, cache_dir=cache_dir, progress=progress)
+    fit_curvature_file(model_dir, data, path, method=method, num_utterances=num_utterances, seed=seed, layout=layout,
+                       cache_dir=cache_dir, progress=progress, device=device)
     return path
 
 

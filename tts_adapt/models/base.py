@@ -31,6 +31,7 @@ from torch import nn
 
 from tts_adapt.data.audio import AudioConfig
 from tts_adapt.data.speaker_encoder import SpeakerEncoder
+from tts_adapt.device import module_device, pin, resolve_device, to_device
 from tts_adapt.io import atomic_path, write_json_atomic
 from tts_adapt.models.features import FeatureExtractor, FeatureStats, UtteranceFeatures, extract_features
 from tts_adapt.models.speakers import SpeakerTable
@@ -69,12 +70,24 @@ class Batch:
     @property
     def frame_mask(self) -> torch.Tensor:
         """(B, F) True on real frames, False on padding."""
-        return torch.arange(self.mel.shape[1])[None, :] < self.mel_lengths[:, None]
+        return torch.arange(self.mel.shape[1], device=self.mel.device)[None, :] < self.mel_lengths[:, None]
 
     @property
     def token_mask(self) -> torch.Tensor:
         """(B, T) True on real tokens, False on padding."""
-        return torch.arange(self.tokens.shape[1])[None, :] < self.token_lengths[:, None]
+        return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :] < self.token_lengths[:, None]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The batch with its tensors on ``device`` (``non_blocking`` from pinned memory)."""
+        return to_device(self, torch.device(device), non_blocking)
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked memory (what ``DataLoader(pin_memory=True)`` calls)."""
+        return pin(self)
 
 
 class TTSBackend(ABC):
@@ -93,6 +106,18 @@ class TTSBackend(ABC):
         self.stats = stats
         self.speakers = speakers
         self.info = info or {}
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (the device every batch and synthesis of it runs on)."""
+        return module_device(self.model)
+
+    def to(self, device: str | torch.device | None = "auto") -> "TTSBackend":
+        """Move the model to ``device`` (a ``--device`` value, see :func:`tts_adapt.device.resolve_device`);
+        the speaker table stays on the CPU and its rows follow each batch. Returns the backend."""
+        self.model.to(resolve_device(device))
+        return self
 
     # ------------------------------------------------------------------ construction and files
     @classmethod
@@ -124,7 +149,7 @@ class TTSBackend(ABC):
         with atomic_path(folder / CONFIG_FILE) as tmp:
             self._coqui_config().save_json(str(tmp))
         with atomic_path(folder / CHECKPOINT_FILE) as tmp:
-            torch.save({"model": self.model.state_dict(), "step": step}, tmp)
+            torch.save({"model": {k: v.cpu() for k, v in self.model.state_dict().items()}, "step": step}, tmp)
         self.speakers.save(folder)
         write_json_atomic(folder / META_FILE, {"backend": self.name, "audio": self.audio.to_dict(),
                                                "stats": self.stats.to_dict(), "info": self.info})
@@ -214,7 +239,7 @@ class TTSBackend(ABC):
             row = table.index(name)
         else:
             weight = embedding.weight.detach()
-            grown = nn.Embedding(weight.shape[0] + 1, weight.shape[1])
+            grown = nn.Embedding(weight.shape[0] + 1, weight.shape[1], device=weight.device, dtype=weight.dtype)
             with torch.no_grad():
                 grown.weight.copy_(torch.cat([weight, weight.mean(0, keepdim=True)]))
             grown.weight.requires_grad_(embedding.weight.requires_grad)

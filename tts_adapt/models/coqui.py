@@ -91,7 +91,7 @@ class CoquiBackend(TTSBackend):
         return self.tokenizer.characters.pad_id or 0
 
     def coqui_batch(self, batch: Batch) -> dict:
-        aux = self.speakers.conditioning(batch.speakers)
+        aux = self.speakers.conditioning(batch.speakers, batch.device)
         return {"text_input": batch.tokens, "text_lengths": batch.token_lengths, "mel_input": batch.mel,
                 "mel_lengths": batch.mel_lengths, "pitch": batch.f0, "energy": None, "durations": None,
                 "d_vectors": aux["d_vectors"], "speaker_ids": aux["speaker_ids"]}
@@ -116,8 +116,8 @@ class CoquiBackend(TTSBackend):
             if d_vector.numel() != self.speakers.dim:
                 raise ValueError(f"the d-vector has {d_vector.numel()} values; this model's speaker embeddings "
                                  f"have {self.speakers.dim}")
-            return {"d_vectors": d_vector.reshape(1, -1).float(), "speaker_ids": None}
-        return self.speakers.conditioning([speaker])
+            return {"d_vectors": d_vector.reshape(1, -1).float().to(self.device), "speaker_ids": None}
+        return self.speakers.conditioning([speaker], self.device)
 
     def text_ids_tensor(self, text: str) -> torch.Tensor:
         """Token ids ``(1, T)`` of one sentence; empty text, text with nothing speakable (which espeak-ng
@@ -129,7 +129,7 @@ class CoquiBackend(TTSBackend):
         ids = self.text_to_ids(text)
         if not ids:
             raise ValueError(f"text {text!r} gives no tokens the model knows")
-        return torch.tensor([ids])
+        return torch.tensor([ids], device=self.device)
 
     def to_log_mel(self, mel: torch.Tensor) -> torch.Tensor:
         """The model's output mel ``(frames, n_mels)`` as a natural-log mel (undoes the normalisation)."""
@@ -152,7 +152,7 @@ class CoquiBackend(TTSBackend):
             mel, f0 = self._inference(ids, aux, length_scale)
         finally:
             self.model.train(was_training)
-        return self.to_log_mel(mel).T.contiguous(), f0
+        return self.to_log_mel(mel.float().cpu()).T.contiguous(), f0.float().cpu() if f0 is not None else None
 
     def lora_targets(self) -> list[str]:
         """Linear, Conv1d and MultiheadAttention modules outside ``excluded_prefixes`` (never

@@ -81,7 +81,7 @@ class FastPitchBackend(CoquiBackend):
         def loss(batch: Batch, generator: torch.Generator) -> torch.Tensor:
             outputs, _ = self.model.train_step(self.coqui_batch(batch), criterion)
             masks = {"frames": batch.frame_mask, "tokens": batch.token_mask}
-            total = torch.zeros(())
+            total = torch.zeros((), device=batch.device)
             for name, axis, alpha_name in MC_TERMS:
                 pred, alpha = outputs.get(name), float(getattr(self.config, alpha_name, 0.0) or 0.0)
                 if pred is None or alpha == 0.0:
@@ -89,7 +89,9 @@ class FastPitchBackend(CoquiBackend):
                 mask = masks[axis]
                 pred = _batch_time_channels(pred, mask.shape[1])
                 m = mask[..., None].to(pred.dtype)
-                target = pred.detach() + torch.randn(pred.shape, generator=generator, dtype=pred.dtype)
+                # drawn on the generator's device (the CPU), so every device draws the same samples
+                noise = torch.randn(pred.shape, generator=generator, dtype=torch.float32, device=generator.device)
+                target = pred.detach() + noise.to(pred.device, pred.dtype)
                 total = total + alpha * (((pred - target) * m) ** 2).sum() / (m.sum() * pred.shape[-1])
             return total
 
@@ -113,11 +115,11 @@ class FastPitchBackend(CoquiBackend):
         (un-normalised with the model's F0 statistics) over its frames, 0 on unvoiced symbols, joined by a
         short moving average within voiced stretches."""
         chars = [self.tokenizer.characters.id_to_char(int(i)) for i in ids]
-        voiced = torch.tensor([c not in UNVOICED_SYMBOLS for c in chars])
+        voiced = torch.tensor([c not in UNVOICED_SYMBOLS for c in chars], device=pitch.device)
         hz = (pitch.float() * self.stats.f0_std + self.stats.f0_mean).clamp(F0_MIN, F0_MAX)
         f0 = torch.repeat_interleave(torch.where(voiced, hz, torch.zeros_like(hz)), durations)
         v = (f0 > 0).float()[None, None]
-        kernel = torch.ones(1, 1, F0_SMOOTHING_FRAMES)
+        kernel = torch.ones(1, 1, F0_SMOOTHING_FRAMES, device=f0.device)
         pad = F0_SMOOTHING_FRAMES // 2
         total = torch.nn.functional.conv1d(f0[None, None], kernel, padding=pad)[0, 0]
         count = torch.nn.functional.conv1d(v, kernel, padding=pad)[0, 0]

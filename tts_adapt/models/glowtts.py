@@ -68,15 +68,15 @@ class GlowTTSBackend(CoquiBackend):
         frames (pairs of frames), and text tokens (for curvature fitting)."""
         squeeze = self.config.num_squeeze
         frames = batch.mel.shape[1] // squeeze
-        squeezed = torch.arange(frames)[None, :] < (batch.mel_lengths // squeeze)[:, None]
-        tokens = torch.arange(batch.tokens.shape[1])[None, :] < batch.token_lengths[:, None]
+        squeezed = torch.arange(frames, device=batch.device)[None, :] < (batch.mel_lengths // squeeze)[:, None]
+        tokens = torch.arange(batch.tokens.shape[1], device=batch.device)[None, :] < batch.token_lengths[:, None]
         return batch.frame_mask, squeezed, tokens
 
     def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> tuple[torch.Tensor, None]:
         old_scale = self.model.length_scale
         self.model.length_scale = length_scale
         try:
-            out = self.model.inference(ids, aux_input={**aux, "x_lengths": torch.tensor([ids.shape[1]])})
+            out = self.model.inference(ids, aux_input={**aux, "x_lengths": torch.tensor([ids.shape[1]], device=ids.device)})
         finally:
             self.model.length_scale = old_scale
         return out["model_outputs"][0], None  # Glow-TTS predicts no pitch

@@ -1,4 +1,4 @@
-"""Pretraining the multi-speaker base model on CPU: resumable, logged, data-parallel.
+"""Pretraining the multi-speaker base model: resumable, logged, data-parallel, on CPUs or GPUs.
 
 Run state lives in the output folder:
 
@@ -11,7 +11,8 @@ Run state lives in the output folder:
 The loop is the shared :class:`~tts_adapt.models.trainer.Trainer`; what is particular to pretraining
 (the learning-rate schedule, the run folder and its log) is set up here. Data parallelism: under
 ``torchrun --nproc_per_node N`` every process takes ``batch_size / N`` items of each global batch and
-``DistributedDataParallel`` averages the gradients (gloo on CPU); only rank 0 writes files.
+``DistributedDataParallel`` averages the gradients (gloo on CPUs, NCCL on GPUs, one GPU per process);
+only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.data.audio import AudioConfig
 from tts_adapt.data.readers import read_dataset
 from tts_adapt.data.samples import InputReport, Utterance
-from tts_adapt.distributed import dist_info, init_distributed
+from tts_adapt.distributed import dist_info, init_distributed, process_device
 from tts_adapt.io import write_json_atomic
 from tts_adapt.models.backends import get_backend
 from tts_adapt.models.base import TTSBackend
@@ -204,7 +205,8 @@ class PretrainLog(Callback):
 
     def on_save_checkpoint(self, trainer):
         self.backend.info.update({"steps": trainer.step, "epoch": trainer.epoch, "pretrain": self.config.to_dict(),
-                                  "wall_seconds": round(trainer.wall_seconds, 1), "processes": trainer.world})
+                                  "wall_seconds": round(trainer.wall_seconds, 1), "processes": trainer.world,
+                                  "device": trainer.device.type, "precision": trainer.precision})
         self.backend.save_pretrained(self.out, step=trainer.step)
         path = self.out / "train_log.csv"
         fields = list(LOG_FIELDS)
@@ -233,15 +235,20 @@ def _check_resumable(out: Path, config: PretrainConfig) -> None:
 
 def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = PretrainConfig(), *, layout: str = "auto",
              cache_dir: Path | None = None, workers: int = 1, progress: bool = True,
-             stop_after: int | None = None, max_minutes: float | None = None) -> TTSBackend:
+             stop_after: int | None = None, max_minutes: float | None = None, device: str | None = "auto",
+             precision: str = "fp32", loader_workers: int = 0) -> TTSBackend:
     """Train (or resume training) a base model on ``data`` into ``out``.
 
     ``stop_after`` ends this call after that many steps, ``max_minutes`` after that
     much wall time (with a checkpoint; the run stays resumable), to fit a run into
-    sittings or to compare candidates at equal CPU time.
+    sittings or to compare candidates at equal CPU time. ``device`` (``--device``; under torchrun on GPUs
+    each process takes the GPU of its ``LOCAL_RANK``) and ``precision`` say where and how the model
+    trains; ``workers`` processes extract features, ``loader_workers`` make batches ahead of the loop.
+    A run may change device and precision when it resumes: they change the arithmetic, not the run.
     """
     out = Path(out)
-    rank, world = init_distributed()
+    device = process_device(device)
+    rank, world = init_distributed(device)
     if config.batch_size % world:
         raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
     if rank == 0:
@@ -260,6 +267,7 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
                                               workers=1, progress=False)
     if rank == 0 and not report.ok:
         log.warning("%s", report.summary())
+    backend.to(device)
     model = backend.model
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -273,8 +281,8 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
         raise ValueError(f"{len(train)} training utterance(s) do not fill one batch of {config.batch_size}; "
                          "use a smaller batch_size or more data")
     per_rank = config.batch_size // world
-    loss_fn = DistributedDataParallel(BackendLoss(backend), find_unused_parameters=True) if world > 1 \
-        else backend.loss
+    loss_fn = DistributedDataParallel(BackendLoss(backend), device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True) if world > 1 else backend.loss
     trainer = Trainer(
         model, dict(model.named_parameters()), optimizer, loss_fn,
         epoch_batches=lambda epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch),
@@ -284,7 +292,8 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
                           max_bad_steps=MAX_BAD_STEPS, raise_on_non_finite=True),
         scheduler=scheduler, validate=lambda: validation_loss(backend, val, config.batch_size),
         checkpoint_path=out / STATE_FILE, callbacks=[PretrainLog(backend, out, config, data)],
-        settings=config.to_dict(), progress=progress, desc="pretraining")
+        settings=config.to_dict(), progress=progress, desc="pretraining", device=device, precision=precision,
+        workers=loader_workers)
     state_path = out / STATE_FILE
     if state_path.is_file():
         trainer.load_state_dict(read_checkpoint(state_path))

@@ -74,12 +74,14 @@ class SpeakerTable:
         except UnknownSpeakerError:
             return False
 
-    def conditioning(self, names: Sequence[str]) -> dict[str, torch.Tensor | None]:
-        """coqui ``aux_input`` for a batch of speaker names: ``d_vectors`` (B, dim) or ``speaker_ids`` (B,)."""
-        idx = torch.tensor([self.index(n) for n in names], dtype=torch.long)
+    def conditioning(self, names: Sequence[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor | None]:
+        """coqui ``aux_input`` for a batch of speaker names, on ``device`` (the model's): ``d_vectors``
+        (B, dim) or ``speaker_ids`` (B,). The table itself stays where it was loaded (the CPU)."""
+        rows = [self.index(n) for n in names]
         if self.kind == "d_vector":
-            return {"d_vectors": self.embeddings[idx], "speaker_ids": None}
-        return {"d_vectors": None, "speaker_ids": idx}
+            idx = torch.tensor(rows, dtype=torch.long, device=self.embeddings.device)
+            return {"d_vectors": self.embeddings[idx].to(device), "speaker_ids": None}
+        return {"d_vectors": None, "speaker_ids": torch.tensor(rows, dtype=torch.long, device=device)}
 
     def save(self, folder: str | Path) -> None:
         tensors = {"embeddings": self.embeddings.contiguous()} if self.embeddings is not None else {}

@@ -79,12 +79,15 @@ class Synthesizer:
     """A model (a folder, or a coqui zoo name) plus a vocoder: Griffin-Lim by default, ``"world"`` (voicing
     from the model's predicted F0; models that predict pitch) or a coqui HiFi-GAN folder. A model that
     makes waveforms itself (VITS) is not vocoded. To speak with an adapter, pass the backend it was put on
-    (:meth:`tts_adapt.adapt.adapter.Adapter.apply`)."""
+    (:meth:`tts_adapt.adapt.adapter.Adapter.apply`). ``device`` (a ``--device`` value) moves the model there;
+    Griffin-Lim and HiFi-GAN vocode on the model's device, WORLD on the CPU; waveforms come back as numpy."""
 
     def __init__(self, model: str | Path | TTSBackend | None = None, vocoder: str | Path | None = None,
-                 griffin_lim_iters: int = 32):
+                 griffin_lim_iters: int = 32, device: str | None = None):
         self.backend = model if isinstance(model, TTSBackend) else TTSBackend.from_pretrained(
             model or default_model_dir())
+        if device is not None:  # None: where the model already is (models load on the CPU)
+            self.backend.to(device)
         self.backend.model.eval()
         audio = self.backend.audio
         if vocoder and self.backend.produces_waveform:
@@ -123,7 +126,7 @@ class Synthesizer:
         vocoder that needs one)."""
         with torch.no_grad():
             if not self.vocoder.needs_f0:
-                return self.vocoder(mel).cpu().numpy().astype(np.float32)
+                return self.vocoder(mel.to(self.backend.device)).cpu().numpy().astype(np.float32)
             if f0 is None:
                 raise ValueError(f"the {type(self.vocoder).__name__} takes its voicing from the model's predicted "
                                  f"pitch; a {self.backend.name} model predicts none: use the Griffin-Lim vocoder")

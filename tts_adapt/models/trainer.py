@@ -14,9 +14,15 @@ strategies). One optimizer step::
     checkpoint (every checkpoint_every steps and when the loop stops)
                                               callbacks.on_save_checkpoint(trainer)
 
+Device and precision. The loop runs where the model is (``device``, default the model's own): each batch
+is made on the CPU (``make_batch``; in ``workers`` DataLoader processes, in page-locked memory for a GPU)
+and moved there. At ``precision`` bf16 or fp16 the loss function runs under autocast (fp16 with a gradient
+scaler); the callbacks' loss terms (the Laplace penalty) are computed outside it, in fp32, because they sum
+many small products of curvature factors and weight updates that half precision would round away.
+
 A checkpoint is one state dict (:meth:`Trainer.state_dict`) in one file written atomically: the trained
-weights, the optimizer and scheduler, the loop's position, the RNG states of every process and each
-callback's own state under its ``state_key``. Under torchrun the loss function is expected to be a
+weights, the optimizer and scheduler (and gradient scaler), the loop's position, the RNG states of every
+process and each callback's own state under its ``state_key``. Under torchrun the loss function is expected to be a
 ``DistributedDataParallel`` module (gradients are averaged there), every decision that ends or skips a
 step is taken by all processes together, and only rank 0 validates and writes files.
 """
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tts_adapt.device import autocast, check_precision, grad_scaler, module_device, to_device
 from tts_adapt.distributed import agree, dist_info, gather_rng_state, set_rng_state
 from tts_adapt.io import atomic_path
 
@@ -117,10 +124,41 @@ def validation_loss(backend, features: Sequence, batch_size: int) -> float:
     with torch.no_grad():
         for i in range(0, len(features), batch_size):
             chunk = features[i:i + batch_size]
-            loss, _ = backend.loss(backend.collate(chunk))
+            loss, _ = backend.loss(backend.collate(chunk).to(backend.device))
             total += float(loss) * len(chunk)
     backend.model.train(was)
     return total / len(features)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Item i: the batch of index list i (what a DataLoader's workers make ahead of the loop)."""
+
+    def __init__(self, make_batch: Callable[[list[int]], Any], index_lists: list[list[int]]):
+        self.make_batch, self.index_lists = make_batch, index_lists
+
+    def __len__(self) -> int:
+        return len(self.index_lists)
+
+    def __getitem__(self, i: int):
+        return self.make_batch(self.index_lists[i])
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # the parallelism is across the workers; more threads would oversubscribe
+
+
+def batch_stream(make_batch: Callable[[list[int]], Any], index_lists: list[list[int]], *, workers: int = 0,
+                 pin_memory: bool = False):
+    """The batches of ``index_lists`` in order: made in this process (``workers`` 0, lazily, one at a time)
+    or by a :class:`~torch.utils.data.DataLoader` with ``workers`` processes, which makes the next batches
+    while the model works on this one (``pin_memory``: in page-locked memory, for copies to a GPU)."""
+    if workers <= 0:
+        return (make_batch(idx) for idx in index_lists)
+    # its own generator: a DataLoader seeds its workers from the global one otherwise, which would change the
+    # training's random draws (dropout) with the number of workers
+    return iter(torch.utils.data.DataLoader(_Batches(make_batch, index_lists), batch_size=None, shuffle=False,
+                                            num_workers=workers, pin_memory=pin_memory,
+                                            worker_init_fn=_one_thread, generator=torch.Generator()))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -151,7 +189,8 @@ class Trainer:
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  validate: Callable[[], float] | None = None, checkpoint_path: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), settings: dict | None = None, progress: bool = True,
-                 desc: str = "training"):
+                 desc: str = "training", device: torch.device | None = None, precision: str = "fp32",
+                 workers: int = 0):
         keys = [cb.state_key for cb in callbacks if cb.state_key]
         if len(keys) != len(set(keys)):
             raise ValueError(f"two callbacks share a state key: {keys}")
@@ -162,6 +201,10 @@ class Trainer:
         self.config, self.validate, self.callbacks = config, validate, list(callbacks)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.settings, self.progress, self.desc = settings or {}, progress, desc
+        self.device = torch.device(device) if device is not None else module_device(model)
+        self.precision = check_precision(precision, self.device)
+        self.scaler = grad_scaler(self.device, self.precision)
+        self.workers = workers
         self.rank, self.world = dist_info()
         self.step = self.epoch = self.position = 0
         self.best_val, self.bad_validations, self.best_step = math.inf, 0, 0
@@ -179,7 +222,8 @@ class Trainer:
                 "weights": {k: p.detach().clone() for k, p in self.params.items()},
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "rng": gather_rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": gather_rng_state(self.device),
                 "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -193,11 +237,13 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
         self.best_val, self.bad_validations = float(state["best_val"]), int(state["bad_validations"])
         self.best_step = int(state["best_step"])
         self.best, self.wall_seconds = state["best"], float(state["wall_seconds"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         saved = state["callbacks"]
         for cb in self.callbacks:
             if cb.state_key:
@@ -238,15 +284,19 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step",
                    disable=not self.progress or self.rank > 0)
         stopped, bad_steps = "steps", 0
+        stream = self._stream(batches)
         while self.step < end:
             if self.position >= len(batches):
                 self.epoch, self.position = self.epoch + 1, 0
                 batches = self.epoch_batches(self.epoch)
-            batch = self.make_batch(batches[self.position])
+                stream = self._stream(batches)
+            batch = to_device(next(stream), self.device, non_blocking=True)
             self.position += 1
             for cb in self.callbacks:
                 cb.on_batch_start(self, batch)
-            loss, parts = self.loss_fn(batch)
+            with autocast(self.device, self.precision):
+                loss, parts = self.loss_fn(batch)
+            loss = loss.float()
             terms = [t for cb in self.callbacks for t in cb.loss_terms(self, batch)]
             total = loss
             for t in terms:
@@ -266,9 +316,16 @@ class Trainer:
                     break
                 continue
             bad_steps = 0
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip)
-            self.optimizer.step()
+            if self.scaler is None:
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip)
+                self.optimizer.step()
+            else:  # fp16: scaled backward; the step is skipped by the scaler when a gradient overflowed
+                self.scaler.scale(total).backward()
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
             for cb in self.callbacks:
@@ -293,6 +350,11 @@ class Trainer:
         bar.close()
         self.stopping = None
         return stopped
+
+    def _stream(self, batches: list[list[int]]):
+        """The batches of the epoch from the loop's position on (see :func:`batch_stream`)."""
+        return batch_stream(self.make_batch, batches[self.position:], workers=self.workers,
+                            pin_memory=self.device.type == "cuda")
 
     def _validate(self, row: dict) -> None:
         """Validation loss into ``row``; best weights and the count of validations without improvement."""

@@ -157,5 +157,6 @@ class HifiganVocoder:
         x = log_mel if log_mel.dim() == 3 else log_mel[None]
         coqui_mel = torch.stack([torch.from_numpy(self.ap.normalize(self.ap._amp_to_db(torch.exp(m).numpy())))
                                  for m in x.float().cpu()]).float()
-        wav = self.model.inference(coqui_mel).squeeze(1)
+        device = log_mel.device  # the vocoder runs where the acoustic model's mel is
+        wav = self.model.to(device).inference(coqui_mel.to(device)).squeeze(1)
         return wav if log_mel.dim() == 3 else wav[0]

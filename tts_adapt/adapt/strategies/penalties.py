@@ -76,6 +76,8 @@ class PenaltyStrategy(Strategy):
                              "same --targets as the adaptation")
 
     def on_train_start(self, trainer):
+        if self.curvature is not None:  # the factors go where the adapter is, once (not at every step)
+            self.curvature = self.curvature.to(trainer.device)
         if not self.config.lam:  # asked for explicitly (an unset λ is the strategy's default), but say so
             log.warning("strategy %s at lam=0: the penalty is off and this run is plain LoRA", self.name)
 
