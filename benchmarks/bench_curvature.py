@@ -1,12 +1,13 @@
 """Cost of fitting the curvature, side by side with the plain gradient and with curvlinops, in one run.
 
-    python benchmarks/bench_curvature.py --model DIR --corpus DIR [--utterances 64] [--batch-size 8]
+    python benchmarks/bench_curvature.py --model DIR --corpus DIR [--utterances 64] [--batch-size 8] [--device auto]
 
 Data: the first N pretraining utterances (speaker set "pretrain", split "train") of the embedded
 corpus, their features from the cache (``$TTS_ADAPT_CACHE`` or ``~/.cache/tts_adapt``; extracted
 once), held in memory. Every measurement goes over the same batches, those of
 :func:`tts_adapt.curvature.fit.batch_plan` (utterances sorted by length), in eval mode, after one
-untimed warm-up batch. Measured:
+untimed warm-up batch, on ``--device`` (the model is moved there; batches are collated on the CPU and
+moved, as in the fit). Measured:
 
 (a) plain: collate + ``B * backend.loss(batch)`` + ``torch.autograd.grad`` w.r.t. the parameters of the
     default target layers (``backend.lora_targets()``), i.e. exactly the forward and backward pass the
@@ -30,7 +31,10 @@ untimed warm-up batch. Measured:
 (e) the size of the saved curvature file (safetensors, float32) over the bytes of the adapted layers'
     weight matrices (float32, biases not counted), for kfac (goal <= 2), ekfac and diag.
 
-Timings are wall-clock (perf_counter). Run with OMP_NUM_THREADS set when other jobs share the machine.
+Timings are wall-clock (perf_counter), with the device's queued work waited for at both ends
+(:func:`tts_adapt.device.synchronize`). (a) and (b) are measured alternately ``--repeats`` times and the
+fastest of each counts, so that a load that comes and goes on a shared machine hits both alike. Run
+with OMP_NUM_THREADS set when other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from torch import nn
 
 from tts_adapt.curvature import fit_curvature, linear_maps
 from tts_adapt.curvature.fit import _fitting, batch_plan
+from tts_adapt.device import resolve_device, synchronize
 
 
 def load_data(model_dir: str, corpus: str, n: int):
@@ -68,24 +73,32 @@ def target_weights(backend, targets: list[str]) -> list[torch.Tensor]:
 
 
 def time_plain(backend, features, plan, targets) -> float:
-    """Collate, forward, backward w.r.t. the targets' parameters, over all batches (eval mode, as the fit)."""
+    """Collate, move, forward, backward w.r.t. the targets' parameters, over all batches (eval mode, as the
+    fit)."""
     weights = target_weights(backend, targets)
+    device = backend.device
     with _fitting(backend.model, weights):
-        batch = backend.collate([features[j] for j in plan[0]])  # warm-up
+        batch = backend.collate([features[j] for j in plan[0]]).to(device)  # warm-up
         torch.autograd.grad(backend.loss(batch)[0] * len(batch), weights, allow_unused=True)
+        synchronize(device)
         t0 = time.perf_counter()
         for idx in plan:
-            batch = backend.collate([features[j] for j in idx])
+            batch = backend.collate([features[j] for j in idx]).to(device)
             loss = backend.loss(batch)[0] * len(batch)
             torch.autograd.grad(loss, weights, allow_unused=True)
+        synchronize(device)
         return time.perf_counter() - t0
 
 
-def time_fit(backend, features, batch_size, method, targets=None):
-    fit_curvature(backend, features[:batch_size], method="kfac", targets=targets, batch_size=batch_size,
-                  progress=False)  # warm-up (one batch)
+def time_fit(backend, features, batch_size, method, targets=None, warm_up: bool = True):
+    """Seconds of one fit on the backend's device, and the curvature."""
+    if warm_up:
+        fit_curvature(backend, features[:batch_size], method="kfac", targets=targets, batch_size=batch_size,
+                      progress=False)  # one batch
+    synchronize(backend.device)
     t0 = time.perf_counter()
     curv = fit_curvature(backend, features, method=method, targets=targets, batch_size=batch_size, progress=False)
+    synchronize(backend.device)
     return time.perf_counter() - t0, curv
 
 
@@ -113,8 +126,10 @@ class CollatingData:
         self.backend, self.features, self.plan = backend, features, plan
 
     def __iter__(self):
+        device = self.backend.device
         for idx in self.plan:
-            yield {"batch": self.backend.collate([self.features[j] for j in idx])}, torch.zeros(1, 1)
+            yield ({"batch": self.backend.collate([self.features[j] for j in idx]).to(device)},
+                   torch.zeros(1, 1, device=device))
 
 
 def compare_curvlinops(backend, features, plan, batch_size, repeats: int) -> dict | None:
@@ -141,13 +156,13 @@ def compare_curvlinops(backend, features, plan, batch_size, repeats: int) -> dic
     fit_curvature(backend, features[:batch_size], targets=targets, batch_size=batch_size, progress=False)
     ours_s, theirs_s = [], []
     for _ in range(repeats):  # alternating, so that both see the same load
-        t0 = time.perf_counter()
-        ours = fit_curvature(backend, features, method="kfac", targets=targets, batch_size=batch_size,
-                             progress=False)
-        ours_s.append(time.perf_counter() - t0)
+        seconds, ours = time_fit(backend, features, batch_size, "kfac", targets, warm_up=False)
+        ours_s.append(seconds)
         with _fitting(backend.model, weights):
+            synchronize(backend.device)
             t0 = time.perf_counter()
             op = theirs(CollatingData(backend, features, plan))
+            synchronize(backend.device)
             theirs_s.append(time.perf_counter() - t0)
     state = op.state_dict()
     n = ours.num_utterances
@@ -156,7 +171,7 @@ def compare_curvlinops(backend, features, plan, batch_size, repeats: int) -> dic
         key = f"model.{t}"
         for kind, mine, other in (("A", ours.tensors[f"{t}.A"], state["input_covariances"][key]),
                                   ("G", n * ours.tensors[f"{t}.G"], state["gradient_covariances"][key])):
-            other = other.to(mine.dtype)
+            other = other.to("cpu", mine.dtype)
             worst[kind] = max(worst.get(kind, 0.0), float((mine - other).norm() / other.norm().clamp_min(1e-30)))
     return {"targets": targets, "ours_s": min(ours_s), "theirs_s": min(theirs_s), "rel_diff": worst}
 
@@ -171,25 +186,34 @@ def main() -> None:
     ap.add_argument("--corpus", required=True, help="embedded corpus (tts_adapt layout)")
     ap.add_argument("--utterances", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of the curvlinops comparison (min)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="alternating runs of (a) and (b), and of the curvlinops comparison (the fastest counts)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     ap.add_argument("--skip-curvlinops", action="store_true")
     args = ap.parse_args()
 
+    device = resolve_device(args.device)
     backend, features = load_data(args.model, args.corpus, args.utterances)
+    backend.to(device)
     plan = batch_plan(features, args.batch_size)
     targets = backend.lora_targets()
     frames = sum(f.mel.shape[0] for f in features)
-    print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, model: {backend.name} "
-          f"({backend.num_parameters() / 1e6:.2f} M parameters), {len(targets)} target modules "
+    print(f"device: {device}, CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
+          f"model: {backend.name} ({backend.num_parameters() / 1e6:.2f} M parameters), {len(targets)} target modules "
           f"({len(linear_maps(backend.model, targets))} weight matrices)")
     print(f"data: {len(features)} utterances ({frames} frames), {len(plan)} batches of {args.batch_size}")
 
-    plain_s = time_plain(backend, features, plan, targets)
-    fits, sizes = {}, {}
-    wbytes = weight_bytes(backend, targets)
+    plain, kfac, curvatures = [], [], {}
+    for i in range(args.repeats):  # alternating, so that both see the same load
+        plain.append(time_plain(backend, features, plan, targets))
+        seconds, curvatures["kfac"] = time_fit(backend, features, args.batch_size, "kfac", warm_up=i == 0)
+        kfac.append(seconds)
+    plain_s, fits = min(plain), {"kfac": min(kfac)}
+    for method in ("ekfac", "diag"):
+        fits[method], curvatures[method] = time_fit(backend, features, args.batch_size, method, warm_up=False)
+    wbytes, sizes = weight_bytes(backend, targets), {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("kfac", "ekfac", "diag"):
-            fits[method], curv = time_fit(backend, features, args.batch_size, method)
+        for method, curv in curvatures.items():
             path = Path(tmp) / f"{method}.safetensors"
             curv.save(path)
             sizes[method] = path.stat().st_size
@@ -197,6 +221,7 @@ def main() -> None:
     if not args.skip_curvlinops:
         cl = compare_curvlinops(backend, features, plan, args.batch_size, args.repeats)
 
+    print("runs of (a) plain / (b) kfac, s:", ", ".join(f"{p:.2f} / {k:.2f}" for p, k in zip(plain, kfac)))
     rows = [("plain forward+backward, s", f"{plain_s:.2f}", ""),
             ("plain per utterance, ms", f"{1000 * plain_s / len(features):.1f}", "")]
     for method, goal in (("kfac", "<= 1.3"), ("ekfac", ""), ("diag", "")):

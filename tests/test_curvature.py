@@ -175,6 +175,44 @@ def test_conv1d_patches_reproduce_the_convolution(kwargs):
         close(patches[1], ref, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(padding=2, dilation=2), dict(padding="same", kernel_size=4),
+                                    dict(padding=1, padding_mode="reflect"), dict(padding=0, dilation=3),
+                                    dict(padding=2, kernel_size=5), dict(padding=0, kernel_size=1)],
+                         ids=["k3", "pad-dilate", "same-even", "reflect", "valid-dilate", "k5", "k1"])
+@pytest.mark.parametrize("time_major", [False, True], ids=["channel-major", "time-major"])
+def test_conv1d_input_gram_equals_the_patches_gram(kwargs, time_major):
+    """A stride-1 Conv1d's A statistic, assembled from lagged Gram matrices of its input without the patches,
+    equals the Gram matrix of the real positions' patches for any mask (also with holes, and an empty
+    utterance), in either memory layout of the input; padding frames that hold inf or nan do not count."""
+    from tts_adapt.curvature.hooks import LayerCall, _pad_conv_input
+
+    torch.manual_seed(0)
+    kwargs = {"kernel_size": 3, **kwargs}
+    conv = nn.Conv1d(3, 2, **kwargs).double()
+    x = torch.randn(9, 4, 3, dtype=torch.float64).permute(1, 2, 0) if time_major else torch.randn(4, 3, 9).double()
+    T_out = conv(x).shape[-1]
+    mask = torch.rand(4, T_out) < 0.6
+    mask[0], mask[1] = False, torch.arange(T_out) < T_out - 4  # an empty utterance, a padded one
+    if conv.padding_mode == "zeros":
+        x[1, :, -1] = float("nan")  # padding beyond utterance 1's last real patch
+    source = _pad_conv_input(x, conv)
+    assert source.permute(2, 0, 1).is_contiguous() == (time_major and conv.padding_mode == "zeros")
+    call = LayerCall(source, mask, kernel=(conv.kernel_size[0], 1, conv.dilation[0]))
+    patches = conv1d_patches(x, conv)[mask]
+    close(call.input_gram(), patches.T @ patches, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("columns", [1, 5, 6, 7, 13])
+def test_symmetric_products_in_blocks(columns, monkeypatch):
+    """rowsᵀ rows from the blocks on and above the diagonal, also when the last block is narrower."""
+    from tts_adapt.curvature import hooks
+
+    monkeypatch.setattr(hooks, "GRAM_BLOCK", 3)
+    rows = torch.randn(20, columns, dtype=torch.float64)
+    close(hooks._symmetric_product(rows), rows.T @ rows, rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- K-FAC factors
 def test_kfac_factors_equal_brute_force_expectations():
     """A = Σ x xᵀ / P and G = Σ g gᵀ / N over real frames, for a Linear and a padded, dilated Conv1d,
@@ -258,6 +296,73 @@ def test_padding_frames_do_not_count():
             close(padded.tensors[key], value, rtol=1e-6, atol=1e-7)
         assert [l.positions for l in padded.layers] == [l.positions for l in alone.layers]
         assert padded.layer("conv").positions == 12
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq-first", "batch-first"])
+def test_attention_statistics_from_the_autograd_graph_equal_a_rerun(batch_first):
+    """The attention projections' inputs and output gradients, read from the autograd graph of the model's own
+    call, equal those of the re-run of the attention core, which the hook falls back to where the graph does
+    not show them (here: weights that do not require gradients)."""
+    from tts_adapt.curvature import hooks
+
+    backend, features = toy_backend(attention=True, batch_first=batch_first), toy_features(lengths=(6, 2, 4))
+    batch = backend.collate(features)
+    attn = backend.model.attn
+
+    def record():
+        with record_linear_maps(backend.model, ["attn"], masks=(batch.frame_mask,)) as rec:
+            backend.loss(batch)[0].backward()
+            return {name: calls[0] for name, calls in rec.calls.items()}
+
+    probe = torch.zeros(3, 1, 4, dtype=torch.float64)
+    tapped = record()
+    assert hooks._projection_nodes(attn, attn(probe, probe, probe)[0]) is not None
+    attn.in_proj_weight.requires_grad_(False)
+    attn.out_proj.weight.requires_grad_(False)
+    assert hooks._projection_nodes(attn, attn(probe, probe, probe)[0]) is None
+    rerun = record()
+    for name in ("attn.in_proj", "attn.out_proj"):
+        close(tapped[name].inputs, rerun[name].inputs, rtol=1e-12, atol=1e-12)
+        close(tapped[name].grads, rerun[name].grads, rtol=1e-10, atol=1e-12)
+        assert torch.equal(tapped[name].mask, rerun[name].mask)
+
+
+def test_partial_sums_fold_at_any_interval(monkeypatch):
+    """Folding the float32 partial sums into the running sums after every batch gives the fit that folds once."""
+    from tts_adapt.curvature import fit
+
+    backend, features = toy_backend(attention=True), toy_features(lengths=(5, 3, 7, 4, 6))
+    once = fit_curvature(backend, features, method="ekfac", batch_size=2, progress=False)
+    monkeypatch.setattr(fit, "FOLD_BATCHES", 1)
+    every = fit_curvature(backend, features, method="ekfac", batch_size=2, progress=False)
+    for key, value in once.tensors.items():
+        close(every.tensors[key], value, rtol=1e-9, atol=1e-12)
+
+
+def test_padding_that_holds_nan_does_not_count():
+    """A layer whose inputs hold nan on padding frames (the model masks its outputs there) gets the statistics it
+    gets with zeros there: padding is zeroed by multiplication first, and where that let nan through (seen on
+    the Gram matrices' diagonals), the batch's statistics are made again by selection."""
+
+    class NanPadding(ToyModel):
+        def __init__(self, fill: float):
+            super().__init__(conv=False)
+            self.fill = fill
+
+        def forward(self, mel, mask, trace=None):
+            keep = mask[..., None]
+            h = torch.where(keep, torch.tanh(self.inp(mel)), self.fill)  # `out` gets `fill` on padding frames
+            return torch.where(keep, self.out(h), 0.0)
+
+    features = toy_features(lengths=(6, 2, 4))
+    fits = {}
+    for fill in ("0", "nan"):
+        torch.manual_seed(0)
+        fits[fill] = fit_curvature(ToyBackend(NanPadding(float(fill)).double()), features, batch_size=3,
+                                   progress=False)
+    for key, value in fits["0"].tensors.items():
+        assert torch.isfinite(fits["nan"].tensors[key]).all(), key
+        close(fits["nan"].tensors[key], value, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- diagonal and EK-FAC

@@ -44,14 +44,30 @@ Fisher types:
   same samples.
 
 The model is put in eval mode (no dropout) for the fit and restored afterwards.
+
+Devices and precision. The fit runs where the model is (``device``; the backend is moved there
+first). Batches are collated on the CPU, by ``workers`` DataLoader processes if asked (in
+page-locked memory for a GPU), and moved to the device, where the statistics are computed and
+summed: every tensor of the fit follows the model's. A batch's statistics are computed in float32
+(float64 for a float64 model) from float32 casts of the layers' inputs and gradients, also when the
+forward ran under autocast, because half precision would round away much of a sum over thousands
+of positions. They are summed over up to ``FOLD_BATCHES`` batches in float32 (the partial sums),
+which are then added to the running sums in float64 (float32 on Apple's mps, which has no
+float64): no matrix product runs in float64 (many times slower on a GPU), the error of a sum over
+many batches does not grow with their number beyond the partial sums' few float32 roundings (about
+1e-6 relative), and the float64 additions, whose memory traffic would cost several percent of a fit
+on a CPU if made at every batch, come once per ``FOLD_BATCHES`` batches. EK-FAC's eigendecompositions
+run on the device too. The fitted :class:`Curvature` is on the CPU, and so is every file (the
+curvature, :meth:`FitState.save`): a fit state saved on one device continues on another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +78,9 @@ from tqdm.auto import tqdm
 
 from tts_adapt.curvature.curvature_config import CurvatureMethod, FisherType
 from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, PositionMaskError, linear_maps,
-                                       record_linear_maps)
+                                       record_linear_maps, tap_blocks_to_matrix)
 from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer
-from tts_adapt.distributed import all_reduce_sums, dist_info
+from tts_adapt.distributed import all_reduce_sums, dist_info, group_device
 from tts_adapt.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -74,6 +90,8 @@ log = logging.getLogger(__name__)
 PHASES = {CurvatureMethod.KFAC: ("factors",), CurvatureMethod.EKFAC: ("factors", "scalings"),
           CurvatureMethod.DIAG: ("diag",)}
 UTTERANCES = "#utterances"  # the key of the utterance count among the sums (never a "<layer>.<kind>" key)
+#: Batches whose statistics are summed in float32 before they are added to the float64 running sums.
+FOLD_BATCHES = 16
 STATE_META_KEY = "tts_adapt.curvature_state"
 
 
@@ -92,9 +110,10 @@ class FitState:
     ``key`` says which fit it belongs to (method, Fisher type, targets, batch size, seed, model and
     data fingerprints, process rank and count; a new ``FitState()`` takes it from the first call
     it is passed to); ``phase`` indexes the passes of the method,
-    ``batches_seen`` counts the batches of the current pass done by the whole process group;
-    ``sums`` are this process's float64 running sums of the pass, ``results`` the finished passes
-    (normalised and summed over processes). Under torchrun every process keeps its own state.
+    ``batches_seen`` counts the batches of the current pass done by the whole process group and added
+    to ``sums``, this process's float64 running sums of the pass; ``results`` are the finished passes
+    (normalised and summed over processes). Under torchrun every process keeps its own state. During a
+    fit its tensors are on the fit's device; :meth:`save` writes them from the CPU.
     """
 
     key: dict = field(default_factory=dict)
@@ -112,8 +131,8 @@ class FitState:
 
         from safetensors.torch import save_file
 
-        tensors = {**{f"sums/{k}": v.contiguous() for k, v in self.sums.items()},
-                   **{f"results/{k}": v.contiguous() for k, v in self.results.items()}}
+        tensors = {**{f"sums/{k}": v.detach().cpu().contiguous() for k, v in self.sums.items()},
+                   **{f"results/{k}": v.detach().cpu().contiguous() for k, v in self.results.items()}}
         meta = {"key": self.key, "phase": self.phase, "batches_seen": self.batches_seen}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={STATE_META_KEY: json.dumps(meta, sort_keys=True)})
@@ -138,23 +157,31 @@ class FitState:
 # --------------------------------------------------------------------------- the fit
 def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str = "empirical",
                   targets: Sequence[str] | None = None, batch_size: int = 8, progress: bool = True,
-                  state: FitState | None = None, seed: int = 0, max_batches: int | None = None) -> Curvature | None:
+                  state: FitState | None = None, seed: int = 0, max_batches: int | None = None,
+                  device: str | torch.device | None = None, workers: int = 0) -> Curvature | None:
     """Fit the curvature of ``targets`` (default ``backend.lora_targets()``) on ``features``
     (:class:`~tts_adapt.models.features.UtteranceFeatures`).
 
     ``method``: ``kfac`` | ``ekfac`` | ``diag``; ``fisher``: ``empirical`` | ``mc`` (see the module
     doc for both and for the normalisation). ``state``: a :class:`FitState` (e.g. a new
-    ``FitState()``), updated in place after every batch; pass it back with the same arguments to
-    continue an unfinished or interrupted fit. ``max_batches`` ends this call after that many
+    ``FitState()``), updated in place every ``FOLD_BATCHES`` batches and when the call ends; pass it back
+    with the same arguments to continue an unfinished or interrupted fit (an interrupted one redoes the
+    batches since its last update). ``max_batches`` ends this call after that many
     batches (counted over all processes) and then returns None unless the fit is complete.
     ``seed`` seeds the Monte Carlo samples. Under ``torch.distributed`` every process takes every
     world-th batch and the sums are added over processes at the end of each pass, so the result
-    equals a single-process fit.
+    equals a single-process fit. ``device`` (a ``--device`` value): where to fit; the backend is moved
+    there and stays (None: where it is). ``workers``: DataLoader processes that collate the next batches
+    while this one is fitted (0: each batch in turn in this process). Neither changes the result beyond
+    rounding, nor the fit state's key: a fit may continue on another device or with other workers.
+    The returned curvature is on the CPU.
     """
     method = _option(CurvatureMethod, method, "curvature method")
     fisher = _option(FisherType, fisher, "Fisher type")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
     if not features:
         raise ValueError("no utterances to fit the curvature on")
     targets = list(backend.lora_targets() if targets is None else targets)
@@ -175,6 +202,10 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
                             for k, v in key.items() if state.key.get(k) != v)
         raise ValueError(f"the fit state belongs to another fit (changed: {changed}); "
                          "start a new state or pass the same arguments")
+    if device is not None:
+        backend.to(device)
+    device = backend.device
+    state.sums, state.results = _on_device(state.sums, device), _on_device(state.results, device)
     phases = PHASES[method]
     # the backward pass only has to reach every target layer: differentiate w.r.t. their own parameters
     # (for weight-normalised layers these are the parametrization's, not `weight`)
@@ -186,27 +217,33 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
     with _fitting(backend.model, weights), record_linear_maps(backend.model, targets) as recorder:
         while not state.done:
             phase = phases[state.phase]
-            if not state.sums:
-                state.sums = _zero_sums(maps, phase)
-            while state.batches_seen < len(plan):
-                if budget is not None and budget <= 0:
-                    bar.close()
-                    return None
-                i = state.batches_seen
-                sums = state.sums
+            start = state.batches_seen
+            stop = len(plan) if budget is None else min(len(plan), start + budget)
+            batches = _batch_loader(backend, features, plan, [i for i in range(start, stop) if i % world == rank],
+                                    workers, device)
+            partial = {}  # the batches since state.batches_seen, summed in float32 (see the module doc)
+            for i in range(start, stop):
                 if i % world == rank:
-                    batch = backend.collate([features[j] for j in plan[i]])
-                    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i), weights,
-                                          [features[j].utt_id for j in plan[i]])
-                    if calls is not None:
-                        delta = _zero_sums(maps, phase)
-                        _accumulate(delta, phase, maps, calls, len(batch), state.results)
-                        sums = {k: v + delta[k] for k, v in sums.items()}
-                # sums and count change together, so an interrupted call leaves a consistent state
-                state.sums, state.batches_seen = sums, i + 1
-                if budget is not None:
-                    budget -= 1
+                    batch = next(batches).to(device, non_blocking=device.type == "cuda")
+                    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i), weights)
+                    if calls is None:
+                        log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the "
+                                    "curvature", ", ".join(_utt_ids(features, plan[i])), len(batch))
+                    else:
+                        stats = _statistics(phase, maps, calls, len(batch), state.results, finite=True)
+                        if phase == "factors" and not _all_finite_diagonals(stats):
+                            stats = _statistics(phase, maps, calls, len(batch), state.results, finite=False)
+                        _accumulate(partial, stats)
+                if (i + 1) % FOLD_BATCHES == 0 or i + 1 == stop:
+                    # sums and count change together, so an interrupted call leaves a consistent state
+                    state.sums, state.batches_seen, partial = _fold(state.sums, partial, device), i + 1, {}
                 bar.update(1)
+            if budget is not None:
+                budget -= stop - start
+            if state.batches_seen < len(plan):
+                bar.close()
+                return None
+            state.sums = _complete(state.sums, maps, phase, device)
             all_reduce_sums(state.sums)
             state.results.update(_finish_phase(phase, method, state.sums, maps, world))
             state.phase, state.batches_seen, state.sums = state.phase + 1, 0, {}
@@ -224,6 +261,11 @@ def batch_plan(features: Sequence, batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _utt_ids(features: Sequence, indices: list[int]) -> list[str]:
+    ids = getattr(features, "utt_ids", None)  # a FeatureStore knows them without reading the features
+    return [ids[j] if ids is not None else features[j].utt_id for j in indices]
+
+
 def data_fingerprint(features: Sequence) -> str:
     h = hashlib.sha256()
     if hasattr(features, "num_frames"):  # a FeatureStore: no tensor needs to be read
@@ -233,6 +275,43 @@ def data_fingerprint(features: Sequence) -> str:
     for utt_id, speaker, frames, tokens in rows:
         h.update(f"{utt_id}|{speaker}|{frames}|{tokens}\n".encode())
     return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- batches
+class _PlanBatches(torch.utils.data.Dataset):
+    """Item i: the collated CPU batch of plan entry i."""
+
+    def __init__(self, backend, features: Sequence, plan: list[list[int]]):
+        self.backend, self.features, self.plan = backend, features, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int):
+        return self.backend.collate([self.features[j] for j in self.plan[i]])
+
+    def __getstate__(self) -> dict:
+        # what a worker started by spawn (macOS, Windows) receives: collating needs the backend's text and
+        # feature settings, not its model, which carries the fit's hooks (closures do not pickle)
+        backend = copy.copy(self.backend)
+        backend.model = None
+        return {**self.__dict__, "backend": backend}
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # the parallelism is across the workers; more threads would oversubscribe
+
+
+def _batch_loader(backend, features: Sequence, plan: list[list[int]], entries: list[int], workers: int,
+                  device: torch.device) -> Iterator:
+    """The batches of the plan ``entries`` in order, collated on the CPU in this process (``workers`` 0) or
+    ahead of the fit by ``workers`` processes, in page-locked memory when they go to a GPU. The loader draws
+    its workers' seeds from a generator of its own, not from (and changing) the global random state."""
+    loader = torch.utils.data.DataLoader(_PlanBatches(backend, features, plan), batch_size=None, sampler=entries,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         worker_init_fn=_one_thread if workers else None,
+                                         generator=torch.Generator())
+    return iter(loader)
 
 
 # --------------------------------------------------------------------------- one batch
@@ -260,7 +339,7 @@ def _batch_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
-def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generator, weights, utt_ids: list[str]):
+def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generator, weights):
     """Forward and backward of one batch; the recorded layer calls, or None when the loss is not finite."""
     recorder.clear()
     recorder.masks = position_masks(backend, batch)
@@ -270,8 +349,6 @@ def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generato
         raise PositionMaskError(f"{err}. A model whose layers run on other time axes (e.g. Glow-TTS's squeezed "
                                 "frames) needs a backend method position_masks(batch) giving their masks") from None
     if not torch.isfinite(loss):
-        log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the curvature",
-                    ", ".join(utt_ids), len(batch))
         return None
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on any target layer")
@@ -300,58 +377,109 @@ def _fitting(model: torch.nn.Module, weights: list[torch.Tensor]):
 
 
 # --------------------------------------------------------------------------- statistics
-def _zero_sums(maps: list[LinearMap], phase: str) -> dict[str, torch.Tensor]:
-    z = lambda *shape: torch.zeros(shape, dtype=torch.float64)  # noqa: E731
-    sums = {UTTERANCES: z()}
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the running sums, except on Apple's mps, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _on_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A fit state's sums or results on the fit's device (e.g. read from a file, or saved on another device)."""
+    return {k: v.to(device=device, dtype=_sum_dtype(device)) for k, v in tensors.items()}
+
+
+def _complete(sums: dict[str, torch.Tensor], maps: list[LinearMap], phase: str,
+              device: torch.device) -> dict[str, torch.Tensor]:
+    """The running sums of a pass with zeros for what no batch added to (a key appears with its first
+    contribution; every process needs every key to add them up)."""
+    shapes = {UTTERANCES: ()}
     for m in maps:
         out, inp = m.shape
-        sums[f"{m.name}.positions"] = z()
+        shapes[f"{m.name}.positions"] = ()
         if phase == "factors":
-            sums[f"{m.name}.A"], sums[f"{m.name}.G"] = z(inp, inp), z(out, out)
+            shapes[f"{m.name}.A"], shapes[f"{m.name}.G"] = (inp, inp), (out, out)
         else:
-            sums[f"{m.name}.{'diag' if phase == 'diag' else 'S'}"] = z(out, inp)
-    return sums
+            shapes[f"{m.name}.{'diag' if phase == 'diag' else 'S'}"] = (out, inp)
+    return {k: sums[k] if k in sums else torch.zeros(shape, dtype=_sum_dtype(device), device=device)
+            for k, shape in shapes.items()}
 
 
-def _accumulate(sums: dict, phase: str, maps: list[LinearMap], calls: dict[str, list[LayerCall]], num_utterances: int,
-                results: dict) -> None:
-    """Add one batch's statistics to ``sums`` (float64). A call without gradients counts as zero gradients."""
-    sums[UTTERANCES] += num_utterances
+def _statistics(phase: str, maps: list[LinearMap], calls: dict[str, list[LayerCall]], num_utterances: int,
+                results: dict, finite: bool) -> dict:
+    """One batch's statistics, in float32 (see the module doc), keyed as the running sums (a key without a
+    contribution left out; a stride-1 Conv1d's A as the blocks of its tap pairs, arranged by :func:`_fold`).
+    A call without gradients counts as zero gradients. ``finite``: zero the padding of the layers' inputs and
+    gradients by a multiplication, exact when it holds finite numbers (see :func:`_all_finite_diagonals`)."""
+    stats = {}
+
+    def add(key: str, term) -> None:
+        if term is not None:
+            stats[key] = term if key not in stats else stats[key] + term
+
+    add(UTTERANCES, num_utterances)
     for m in maps:
         layer_calls = calls[m.name]
-        sums[f"{m.name}.positions"] += sum(int(c.mask.sum()) for c in layer_calls)
+        for c in layer_calls:
+            add(f"{m.name}.positions", c.mask.sum())
+            if phase == "factors":
+                add(f"{m.name}.A", c.input_gram(finite, blocks=True))
+                add(f"{m.name}.G", c.grad_gram(finite))
         if phase == "factors":
-            for c in layer_calls:
-                x = c.inputs[c.mask]  # (P, in): real positions only
-                sums[f"{m.name}.A"] += (x.T @ x).double()
-                if c.grads is not None:
-                    g = c.grads[c.mask]
-                    sums[f"{m.name}.G"] += (g.T @ g).double()
             continue
         # per-utterance gradients ∇W_n = Σ_t g_nt x_ntᵀ, summed over the layer's calls, then squared
         per_utterance = None
         for c in layer_calls:
-            if c.grads is None:
-                continue
-            g, x = c.grads * c.mask[..., None].to(c.grads.dtype), c.inputs
-            if phase == "scalings":  # rotate into the K-FAC eigenbasis: Q_Gᵀ ∇W_n Q_A
-                g = g @ results[f"{m.name}.QG"].to(g.dtype)
-                x = x @ results[f"{m.name}.QA"].to(x.dtype)
-            grad = torch.einsum("bto,bti->boi", g, x)
-            per_utterance = grad if per_utterance is None else per_utterance + grad
+            grads = c.weight_grads()
+            if grads is not None:
+                per_utterance = grads if per_utterance is None else per_utterance + grads
+        if per_utterance is not None and phase == "scalings":  # rotated into the K-FAC eigenbasis: Q_Gᵀ ∇W_n Q_A
+            QG, QA = (results[f"{m.name}.{q}"].to(per_utterance.dtype) for q in ("QG", "QA"))
+            per_utterance = QG.T @ per_utterance @ QA
         if per_utterance is not None:
-            sums[f"{m.name}.{'diag' if phase == 'diag' else 'S'}"] += (per_utterance ** 2).sum(0).double()
+            add(f"{m.name}.{'diag' if phase == 'diag' else 'S'}", (per_utterance ** 2).sum(0))
+    return stats
+
+
+def _all_finite_diagonals(stats: dict) -> bool:
+    """Whether the diagonals of a batch's A and G are finite: an inf or nan anywhere in the rows of a Gram
+    matrix reaches its diagonal, so this tells whether the padding held finite numbers only, and zeroing it
+    by multiplication was exact (one host sync per batch on a GPU)."""
+    diagonals = [_diagonal(v) for k, v in stats.items() if k.endswith((".A", ".G"))]
+    return bool(torch.isfinite(torch.cat(diagonals)).all()) if diagonals else True
+
+
+def _diagonal(gram: torch.Tensor) -> torch.Tensor:
+    """The diagonal of a Gram matrix, or of a Conv1d's as blocks of tap pairs that of their first (which holds
+    every frame an inf or nan could be on, see :func:`~tts_adapt.curvature.hooks._conv_input_gram`)."""
+    return gram.diagonal() if gram.dim() == 2 else gram[0].diagonal()
+
+
+def _accumulate(partial: dict, stats: dict) -> None:
+    """Add a batch's statistics to the partial sums (in place; the first batch's tensors become them)."""
+    for key, term in stats.items():
+        if key in partial:
+            partial[key] += term
+        else:
+            partial[key] = term
+
+
+def _fold(sums: dict[str, torch.Tensor], partial: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The running sums plus the partial sums of the batches since, as new tensors (``sums`` stays as it was)."""
+    partial = {k: tap_blocks_to_matrix(v) if torch.is_tensor(v) and v.dim() == 3 else v for k, v in partial.items()}
+    dtype = _sum_dtype(device)
+    folded = {k: v + partial[k] if k in partial else v for k, v in sums.items()}
+    folded.update({k: torch.as_tensor(v, device=device).to(dtype) for k, v in partial.items() if k not in sums})
+    return folded
 
 
 def _finish_phase(phase: str, method: CurvatureMethod, sums: dict, maps: list[LinearMap], world: int) -> dict:
-    """Normalised results of a finished pass (see the module doc)."""
-    n = max(float(sums[UTTERANCES]), 1.0)
+    """Normalised results of a finished pass (see the module doc), where the sums are."""
+    n = sums[UTTERANCES].clamp_min(1.0)
     out = {}
     if phase != "scalings":
         out[UTTERANCES] = sums[UTTERANCES].clone()
     for m in maps:
         if phase == "factors":
-            p = max(float(sums[f"{m.name}.positions"]), 1.0)
+            p = sums[f"{m.name}.positions"].clamp_min(1.0)
             A, G = sums[f"{m.name}.A"] / p, sums[f"{m.name}.G"] / n
             A, G = (A + A.T) / 2, (G + G.T) / 2  # exact symmetry despite rounding
             out.update({f"{m.name}.A": A, f"{m.name}.G": G, f"{m.name}.positions": sums[f"{m.name}.positions"]})
@@ -359,8 +487,7 @@ def _finish_phase(phase: str, method: CurvatureMethod, sums: dict, maps: list[Li
                 for kind, factor in (("A", A), ("G", G)):
                     eig, Q = (t.contiguous() for t in torch.linalg.eigh(factor))
                     if world > 1:  # one eigenbasis for all processes, whatever their LAPACK does
-                        dist.broadcast(eig, 0)
-                        dist.broadcast(Q, 0)
+                        eig, Q = _broadcast(eig), _broadcast(Q)
                     out[f"{m.name}.eig{kind}"], out[f"{m.name}.Q{kind}"] = eig.clamp_min(0.0), Q
         elif phase == "diag":
             out[f"{m.name}.diag"] = sums[f"{m.name}.diag"] / n
@@ -370,11 +497,18 @@ def _finish_phase(phase: str, method: CurvatureMethod, sums: dict, maps: list[Li
     return out
 
 
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``t``, sent over the process group's device (NCCL sends GPU tensors only, gloo CPU ones)."""
+    sent = t.to(group_device())
+    dist.broadcast(sent, 0)
+    return sent.to(t.device)
+
+
 def _curvature(backend, method: CurvatureMethod, fisher: FisherType, maps: list[LinearMap], targets: list[str],
                state: FitState, key: dict, world: int) -> Curvature:
     r = state.results
     layers = [CurvatureLayer.of(m, int(r[f"{m.name}.positions"])) for m in maps]
-    tensors = {f"{m.name}.{kind}": r[f"{m.name}.{kind}"].to(torch.float32)
+    tensors = {f"{m.name}.{kind}": r[f"{m.name}.{kind}"].to(device="cpu", dtype=torch.float32)
                for m in maps for kind in TENSORS[method.value]}
     audio = backend.audio.to_dict() if hasattr(backend, "audio") and hasattr(backend.audio, "to_dict") else {}
     return Curvature(method=method.value, fisher=fisher.value, layers=layers, tensors=tensors,

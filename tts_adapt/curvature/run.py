@@ -3,8 +3,10 @@
 Reads the pretraining utterances (the embedded corpus's pretraining speakers and
 training split; all utterances of other layouts), takes a seeded sample of N,
 streams their cached features from disk and fits K-FAC, EK-FAC or the diagonal
-Fisher. Progress is saved every few batches next to the output
-(``<out>.state``), so an interrupted fit continues where it stopped; under
+Fisher on ``--device`` (under torchrun on GPUs each process takes the GPU of its
+``LOCAL_RANK``), with ``--loader-workers`` processes collating the next batches.
+Progress is saved every few batches next to the output (``<out>.state``), so an
+interrupted fit continues where it stopped, also on another device; under
 torchrun each process keeps its own state and rank 0 writes the file.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from tts_adapt.cache import cache_dir as default_cache_dir
 from tts_adapt.curvature.fit import FitState, fit_curvature
 from tts_adapt.curvature.storage import Curvature
-from tts_adapt.distributed import init_distributed
+from tts_adapt.distributed import init_distributed, process_device
 
 log = logging.getLogger(__name__)
 SAVE_EVERY_BATCHES = 10
@@ -61,15 +63,19 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
                        fisher: str = "empirical", targets: list[str] | None = None,
                        num_utterances: int | None = 1000, batch_size: int = 8, seed: int = 0,
                        layout: str = "auto", cache_dir: str | Path | None = None, workers: int = 1,
-                       progress: bool = True) -> tuple[Curvature, dict]:
-    """Fit and save; returns (curvature, timing summary)."""
+                       progress: bool = True, device: str | None = "auto",
+                       loader_workers: int = 0) -> tuple[Curvature, dict]:
+    """Fit and save; returns (curvature, timing summary). ``workers`` processes read the data and extract
+    features, ``loader_workers`` collate batches ahead of the fit (0: in this process); ``device`` is a
+    ``--device`` value (see :func:`tts_adapt.device.resolve_device`)."""
     from tts_adapt.data.readers import read_dataset
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
 
     out = Path(out)
-    rank, world = init_distributed()
-    backend = TTSBackend.from_pretrained(model or default_model_dir())
+    device = process_device(device)
+    rank, world = init_distributed(device)
+    backend = TTSBackend.from_pretrained(model or default_model_dir()).to(device)
     kwargs = {"speaker_sets": ["pretrain"], "splits": ["train"]} if (Path(data) / "manifest.csv").is_file() \
         and layout in ("auto", "tts_adapt") else {}
     utts, report = read_dataset(data, layout, workers=workers if rank == 0 else 1, progress=progress and rank == 0,
@@ -96,7 +102,7 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
     while curvature is None:
         curvature = fit_curvature(backend, features, method=method, fisher=fisher, targets=targets,
                                   batch_size=batch_size, progress=progress and rank == 0, state=state, seed=seed,
-                                  max_batches=SAVE_EVERY_BATCHES * world)
+                                  max_batches=SAVE_EVERY_BATCHES * world, workers=loader_workers)
         if curvature is None:
             state.save(state_path)
     seconds = time.time() - t0
