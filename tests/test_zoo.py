@@ -11,6 +11,7 @@ and two adaptation steps under the K-FAC penalty.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -205,6 +206,37 @@ def test_new_voice_conditioning(case, backend, corpus_utts):
         assert torch.allclose(b.model.emb_g.weight[-1], backend.model.emb_g.weight.mean(0))
     assert b.speakers.names[-1] == "target"
     assert b.synthesize_mel(TEXT, speaker="target").shape[0] == 80
+
+
+def test_the_new_speaker_row_learns_through_the_frozen_layers(backend, features):
+    """The gradient that trains a new voice's row of an ID-table model is the loss's whole derivative, also
+    the part that reaches the row through frozen layers it conditions (VITS: posterior encoder and decoder,
+    the KL and mel terms), so no speed-up may run those layers without gradients: autograd's gradient of
+    the row against central differences of the loss along each of its coordinates (in eval mode the loss
+    is deterministic)."""
+    if backend.speakers.kind != "id_table":
+        pytest.skip("a d-vector model has no speaker row to train")
+    b = _copy(backend)
+    row = b.add_speaker("target")["emb_g"][0]
+    for p in b.model.parameters():
+        p.requires_grad_(False)
+    weight = b.model.emb_g.weight.requires_grad_(True)
+    batch = b.collate([dataclasses.replace(f, speaker="target") for f in features[:4]])
+    (grad,) = torch.autograd.grad(b.loss(batch)[0], weight)
+    assert grad[:row].abs().sum() == 0 and grad[row].norm() > 0
+    start, eps = weight[row].detach().clone(), 3e-3
+    # VITS detaches the duration predictor's inputs (coqui's detach_dp_input): by design the row does not
+    # learn from the duration loss, so that term is left out of the differences
+    detached = ["loss_duration"] if b.name == "vits" and b.config.model_args.detach_dp_input else []
+
+    def loss_at(offset: torch.Tensor) -> float:
+        with torch.no_grad():
+            weight[row] = start + offset
+            loss, parts = b.loss(batch)
+            return float(loss) - sum(parts[k] for k in detached)
+
+    numeric = torch.tensor([(loss_at(eps * e) - loss_at(-eps * e)) / (2 * eps) for e in torch.eye(start.numel())])
+    assert torch.linalg.norm(numeric - grad[row]) <= 0.01 * torch.linalg.norm(grad[row])
 
 
 # --------------------------------------------------------------------------- curvature and adaptation

@@ -33,6 +33,17 @@ Features: the waveform at the model's rate (the toolkit's audio loader, which re
 resamples before coqui's training), from which each batch's linear spectrogram is computed with
 coqui's ``wav_to_spec`` (as ``Vits.format_batch_on_device`` does), and the mel of
 ``spec_to_mel`` (natural log), kept as the utterance's mel.
+
+Cost: an adaptation step of a VCTK-VITS-sized model costs about one plain forward and backward of
+the whole model (0.7 to 1.1 times; ``benchmarks/bench_zoo_step.py``). Most of it is the frozen
+parts: the HiFi-GAN decoder on the mel segment is nearly 60 % of the forward. They stay in the
+autograd graph on purpose: with an ID table the new speaker's row conditions the posterior encoder
+and the decoder (and the posterior's z feeds flow and decoder), so the row's gradient from the KL
+and mel terms goes through them; running them without gradients would change what is learned
+(``tests/test_zoo.py`` checks the row's gradient against finite differences). Their weights get no
+gradients, which is why the backward pass costs less than a plain one. With d-vectors nothing
+upstream of them is trained and autograd records nothing there. The spectrograms (linear of the
+batch, mel of the decoded segment) are well under 1 % of a step, the K-FAC penalty about 1 %.
 """
 
 from __future__ import annotations
@@ -147,7 +158,7 @@ class VitsBackend(ZooBackend, CoquiBackend):
         return {"language_ids": None}
 
     def coqui_aux(self, speakers: Sequence[str]) -> dict:
-        return {**self.speakers.conditioning(speakers), **self.language_aux(len(speakers))}
+        return {**self.speakers.conditioning(speakers, self.device), **self.language_aux(len(speakers))}
 
     # ------------------------------------------------------------------ loss
     @contextlib.contextmanager
@@ -199,7 +210,7 @@ class VitsBackend(ZooBackend, CoquiBackend):
     def _inference(self, ids: torch.Tensor, aux: dict, length_scale: float) -> tuple[torch.Tensor, None]:
         """Natural-log mel ``(frames, n_mels)`` of the synthesised waveform (VITS predicts no separate pitch)."""
         wav = self._waveform(ids, aux, length_scale)
-        return self.features.mel_of(wav[None])[0].T, None
+        return self.features.mel_of(wav[None].float())[0].T, None
 
     def _waveform(self, ids: torch.Tensor, aux: dict, length_scale: float) -> torch.Tensor:
         old_scale = self.model.length_scale
@@ -208,7 +219,7 @@ class VitsBackend(ZooBackend, CoquiBackend):
             with torch.random.fork_rng():
                 torch.manual_seed(EVAL_SEED)
                 out = self.model.inference(ids, aux_input={**aux, **self.language_aux(1),
-                                                           "x_lengths": torch.tensor([ids.shape[1]])})
+                                                           "x_lengths": torch.tensor([ids.shape[1]], device=ids.device)})
         finally:
             self.model.length_scale = old_scale
         return out["model_outputs"][0, 0].clone()
@@ -225,7 +236,7 @@ class VitsBackend(ZooBackend, CoquiBackend):
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._waveform(ids, aux, length_scale)
+            return self._waveform(ids, aux, length_scale).float().cpu()
         finally:
             self.model.train(was_training)
 
@@ -269,7 +280,7 @@ class YourTTSBackend(VitsBackend):
         if self.language is None or not self.model.args.use_language_embedding:
             return {"language_ids": None}
         lid = self.model.language_manager.name_to_id[self.language]
-        return {"language_ids": torch.full((batch_size,), lid, dtype=torch.long)}
+        return {"language_ids": torch.full((batch_size,), lid, dtype=torch.long, device=self.device)}
 
     def embed_speaker(self, audio_paths: Sequence[str | Path]) -> torch.Tensor:
         """Mean d-vector ``(dim,)`` of the recordings from YourTTS's own speaker encoder."""
