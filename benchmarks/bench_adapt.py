@@ -1,7 +1,7 @@
 """Cost of the Laplace penalty in LoRA adaptation steps, side by side in one run, and one real adaptation.
 
     python benchmarks/bench_adapt.py --model DIR --corpus DIR [--steps 20] [--batch-size 8]
-                                     [--adapt-steps 30] [--curvature FILE ...]
+                                     [--adapt-steps 30] [--curvature FILE ...] [--device auto] [--precision fp32]
 
 Data: the first ``--clips`` (20) training clips of the corpus's first target speaker (speaker set
 "target", split "train"), copied with their transcripts into a temporary folder of ``.wav`` + ``.txt``
@@ -19,8 +19,12 @@ weights (untimed) and runs one timed step on the same batch, exactly as ``adapt(
 forward and TTS loss, penalty (λ/2 · P, with ``lora_factors`` of the peft model), backward, gradient
 clipping, optimizer step (train mode). Interleaving keeps the strategies under the same load when other
 jobs share the machine. One untimed warm-up step first. λ = the curvature's number of utterances
-(the same λ for l2). Printed: ms per step and the ratio to plain LoRA (no penalty); goal for
-kfac <= 1.05.
+(the same λ for l2). Printed: ms per step, steps per second and the ratio to plain LoRA (no penalty); goal
+for kfac <= 1.05.
+
+Device: ``--device`` (default auto: a CUDA GPU when there is one) holds the model, the batches and the
+curvature; ``--precision`` bf16/fp16 runs the forward under autocast (the penalty in fp32, fp16 with a
+gradient scaler), as ``adapt`` does. GPU timings wait for the device (``torch.cuda.synchronize``).
 
 Full adaptation: one ``adapt()`` run (strategy kfac, ``AdaptConfig(steps=--adapt-steps)``, the kfac
 curvature) on the 20 clips, its wall time (model loading, d-vector, features, validations and saving
@@ -40,6 +44,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from tts_adapt.device import check_precision, describe_device, resolve_device
 
 STRATEGIES = ("lora", "kfac", "ekfac", "diag", "l2")
 GOALS = {"kfac": "<= 1.05"}
@@ -98,8 +104,11 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.features import extract_features
 
+    from tts_adapt.device import autocast, grad_scaler, synchronize
+
+    device = resolve_device(args.device)
     backend = TTSBackend.from_pretrained(args.model)
-    curvs = {m: Curvature.load(p, backend) for m, p in curv_paths.items()}
+    curvs = {m: Curvature.load(p, backend).to(device) for m, p in curv_paths.items()}
     lam = float(curvs["kfac"].num_utterances)
     clips, report = read_target_clips(clip_dir, backend.audio.sample_rate)
     train_clips, _ = split_heldout(clips, seed=0)
@@ -113,7 +122,9 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
     for p in backend.model.parameters():
         p.requires_grad_(False)
     peft_model = wrap_with_lora(backend.model, targets, rank=args.rank, alpha=16.0, seed=0)
+    backend.to(device)
     params = list(adapter_parameters(peft_model).values())
+    scaler = grad_scaler(device, args.precision)
     penalties, optimizers, weights = {}, {}, {}
     for name in STRATEGIES:
         penalties[name] = get_strategy(name)(curvs.get(name))
@@ -135,15 +146,25 @@ def time_steps(args, clip_dir: Path, curv_paths: dict[str, Path], cache: Path) -
                 for p, w in zip(params, weights[name]):
                     p.copy_(w)
             penalty, optimizer = penalties[name], optimizers[name]
+            synchronize(device)
             t0 = time.perf_counter()
-            batch = backend.collate([feats[i] for i in idx])
-            tts_loss, _ = backend.loss(batch)
+            batch = backend.collate([feats[i] for i in idx]).to(device, non_blocking=True)
+            with autocast(device, args.precision):
+                tts_loss, _ = backend.loss(batch)
             pen = penalty(lora_factors(peft_model))  # (plain LoRA's is an exact zero)
-            loss = tts_loss + 0.5 * lam * pen
+            loss = tts_loss.float() + 0.5 * lam * pen
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                scaler.step(optimizer)
+                scaler.update()
+            synchronize(device)
             if step > 0:  # step 0 is the warm-up
                 seconds[name] += time.perf_counter() - t0
             with torch.no_grad():
@@ -163,7 +184,10 @@ def main() -> None:
     ap.add_argument("--fit-utterances", type=int, default=32, help="pretraining utterances of the quick fits")
     ap.add_argument("--curvature", nargs="*", help="curvature files to use instead of quick fits")
     ap.add_argument("--adapt-steps", type=int, default=30, help="steps of the full adapt() run (0: skip it)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = ap.parse_args()
+    args.precision = check_precision(args.precision, resolve_device(args.device))
 
     from tts_adapt.adapt.adapt_config import AdaptConfig
     from tts_adapt.adapt.train import adapt
@@ -175,23 +199,24 @@ def main() -> None:
         clip_dir = target_clips(args.corpus, args.clips, tmp / "clips")
         base = TTSBackend.from_pretrained(args.model)
         curv_paths = curvatures(base, args, cache, tmp)
-        print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, model: {base.name} "
+        print(f"device: {describe_device(resolve_device(args.device))}, precision {args.precision}; "
+              f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, model: {base.name} "
               f"({base.num_parameters() / 1e6:.2f} M parameters), {len(base.lora_targets())} target modules, "
               f"LoRA rank {args.rank}")
         del base
         per_step, lam, n_train = time_steps(args, clip_dir, curv_paths, cache)
         print(f"{args.steps} timed steps per strategy, batch {args.batch_size} of {n_train} training clips, "
               f"lambda = {lam:g}")
-        print(f"{'strategy':<10} {'ms/step':>9} {'vs lora':>8} {'goal':>8}")
+        print(f"{'strategy':<10} {'ms/step':>9} {'steps/s':>8} {'vs lora':>8} {'goal':>8}")
         for name in STRATEGIES:
-            print(f"{name:<10} {1000 * per_step[name]:>9.1f} {per_step[name] / per_step['lora']:>8.3f} "
-                  f"{GOALS.get(name, ''):>8}")
+            print(f"{name:<10} {1000 * per_step[name]:>9.1f} {1 / per_step[name]:>8.2f} "
+                  f"{per_step[name] / per_step['lora']:>8.3f} {GOALS.get(name, ''):>8}")
         if args.adapt_steps > 0:
             config = AdaptConfig(strategy="kfac", lam=lam, steps=args.adapt_steps, batch_size=args.batch_size,
                                  rank=args.rank)
             t0 = time.perf_counter()
             card = adapt(clip_dir, tmp / "adapter", args.model, config, curvature=curv_paths["kfac"],
-                         cache_dir=cache, progress=False)
+                         cache_dir=cache, progress=False, device=args.device, precision=args.precision)
             wall = time.perf_counter() - t0
             fixed = max(wall - card["steps"] * per_step["kfac"], 0.0)
             print(f"adapt(): kfac, {card['train_clips']} training + {card['val_clips']} held-out clips, "

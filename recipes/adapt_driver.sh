@@ -39,6 +39,8 @@ pretrain_config=       # pretrain a base model into <workdir>/base_model (stages
                        # from A's weights (tts-adapt pretrain --init-from <workdir>/base_model.1)
 publish=               # also copy the sweep's table and plot into this folder
 headline_sweep=no      # yes: stage 7 is the embedded default's own sweep (its corpus in <workdir>/corpus, its grid)
+device=                # --device of every command that runs a model (auto, cpu, cuda, cuda:N, mps; default: auto)
+precision=             # --precision of pretraining and adaptation (fp32, bf16, fp16; default: fp32)
 target_args=
 curvature_args=
 adapt_args=
@@ -66,6 +68,8 @@ while [[ $# -gt 0 ]]; do
     --pretrain-config) pretrain_config=$2 ;;
     --publish) publish=$2 ;;
     --headline-sweep) headline_sweep=$2 ;;
+    --device) device=$2 ;;
+    --precision) precision=$2 ;;
     --target-args) target_args=$2 ;;
     --curvature-args) curvature_args=$2 ;;
     --adapt-args) adapt_args=$2 ;;
@@ -97,6 +101,8 @@ mark_done() { touch "$workdir/.$1.done"; }
 [[ -n $curvature_data ]] || fail "give --curvature-data (pretraining utterances of the model) or --data"
 cfg=(); [[ -n $config ]] && cfg=(--config "$config")
 model_flag=(); [[ -n $model ]] && model_flag=(--model "$model")
+dev=(); [[ -n $device ]] && dev=(--device "$device")              # commands that run a model
+train=("${dev[@]}"); [[ -n $precision ]] && train+=(--precision "$precision")  # commands that train one
 if [[ -z $target_dir ]]; then
   target_dir=$workdir/target/clips
   heldout_dir=$workdir/target/heldout
@@ -138,7 +144,7 @@ if [[ -n $pretrain_config ]]; then
       ((i + 1 < ${#pretrain_configs[@]})) && out=$workdir/base_model.$((i + 1))
       log "stage 2: pretraining into $out with ${pretrain_configs[i]}${previous:+, from the weights of $previous} (resumes if interrupted)"
       run pretrain --data "$data" --out "$out" --config "${pretrain_configs[i]}" ${previous:+--init-from "$previous"} \
-        || fail "pretraining failed"
+        "${train[@]}" || fail "pretraining failed"
       previous=$out
     done
     mark_done pretrain
@@ -147,9 +153,9 @@ if [[ -n $pretrain_config ]]; then
     log "stage 3: scoring $workdir/base_model's voices (Griffin-Lim and WORLD) and writing its model card"
     # the shipped card's settings: all 8 held-out utterances of each speaker, one report per vocoder
     run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval" --per-speaker 8 \
-      --write-card || fail "scoring the model failed"
+      --write-card "${dev[@]}" || fail "scoring the model failed"
     run evaluate --model "$workdir/base_model" --data "$data" --out "$workdir/base_eval_world" --per-speaker 8 \
-      --vocoder world --write-card || fail "scoring the model with the WORLD vocoder failed"
+      --vocoder world --write-card "${dev[@]}" || fail "scoring the model with the WORLD vocoder failed"
     mark_done card
   fi
 elif wanted 2 || wanted 3; then
@@ -161,7 +167,7 @@ if wanted 4 && ! done_marker curvature; then
   log "stage 4: fitting the curvature on $curvature_data -> $curvature (resumes if interrupted)"
   # shellcheck disable=SC2086
   run fit-curvature "${model_flag[@]}" --data "$curvature_data" --layout "$curvature_layout" --out "$curvature" \
-    "${cfg[@]}" $curvature_args || fail "fitting the curvature failed (see the message above)"
+    "${cfg[@]}" "${dev[@]}" $curvature_args || fail "fitting the curvature failed (see the message above)"
   mark_done curvature
 fi
 
@@ -177,7 +183,7 @@ if wanted 5; then
     log "stage 5: adapting $name -> $out"
     # shellcheck disable=SC2086
     run adapt "${model_flag[@]}" --target-dir "$target_dir" --out "$out" --max-clips "$max_clips" "${cfg[@]}" \
-      "${extra[@]}" "${resume[@]}" $adapt_args || fail "adapting $name failed (see the message above)"
+      "${extra[@]}" "${resume[@]}" "${train[@]}" $adapt_args || fail "adapting $name failed (see the message above)"
     mark_done "adapt_$name"
   done
 fi
@@ -190,7 +196,7 @@ if wanted 6; then
     data_flag=(); [[ -n $eval_data ]] && data_flag=(--data "$eval_data" --layout "$eval_layout")
     # shellcheck disable=SC2086
     run evaluate "${model_flag[@]}" --adapter "$workdir/adapters/$name" --target-dir "$heldout_dir" \
-      "${data_flag[@]}" $eval_args || fail "evaluating $name failed (see the message above)"
+      "${data_flag[@]}" "${dev[@]}" $eval_args || fail "evaluating $name failed (see the message above)"
     mark_done "eval_$name"
   done
 fi
@@ -202,13 +208,14 @@ if wanted 7 && ! done_marker sweep; then
   publish_flag=(); [[ -n $publish ]] && publish_flag=(--publish "$publish")
   if [[ $headline_sweep == yes ]]; then  # the embedded default's sweep, exactly as tts-adapt sweep runs it alone
     # shellcheck disable=SC2086
-    run sweep --out "$workdir/sweep" --workdir "$workdir" "${model_flag[@]}" "${publish_flag[@]}" $sweep_args \
+    run sweep --out "$workdir/sweep" --workdir "$workdir" "${model_flag[@]}" "${publish_flag[@]}" "${train[@]}" \
+      $sweep_args \
       || fail "the sweep failed (see the message above)"
   else
     # shellcheck disable=SC2086
     run sweep --out "$workdir/sweep" "${model_flag[@]}" --data "$eval_data" --layout "$sweep_layout" \
       --target-dir "$target_dir" --heldout-dir "$heldout_dir" --curvature-data "$curvature_data" \
-      "${cfg[@]}" "${publish_flag[@]}" $sweep_args || fail "the sweep failed (see the message above)"
+      "${cfg[@]}" "${publish_flag[@]}" "${train[@]}" $sweep_args || fail "the sweep failed (see the message above)"
   fi
   mark_done sweep
 fi

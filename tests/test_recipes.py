@@ -189,9 +189,13 @@ def test_vctk_recipe(datasets, tmp_path):
     """The seed paper's setting: VCTK VITS (speakers named VCTK_pXXX, as coqui's are), p248 the target."""
     model = zoo("vctk-vits", tmp_path / "tts_models--en--vctk--vits", [f"VCTK_{s}" for s in VCTK_NAMES])
     workdir = tmp_path / "work"
-    args = ["--data", str(datasets["vctk"]), "--model", str(model), *TINY]
+    args = ["--data", str(datasets["vctk"]), "--model", str(model), *TINY, "--device", "cpu"]
     out = check_run(run_recipe("vctk", workdir, *args))
     check_outputs(workdir)
+    # --device reaches every command that runs a model, the sweep included
+    commands = [line.split("$ tts-adapt ", 1)[1] for line in out.splitlines() if "$ tts-adapt " in line]
+    for name in ("fit-curvature", "adapt", "evaluate --model", "sweep"):
+        assert any(" --device cpu " in f"{c} " for c in commands if c.startswith(name)), (name, commands)
     target = json.loads((workdir / "target" / "target.json").read_text())
     assert target["speaker"] == "p248" and target["clips"] == 10 and target["heldout"] == 2
     report = json.loads((workdir / "adapters" / "lora_kfac" / "eval" / "report.json").read_text())
