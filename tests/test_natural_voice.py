@@ -255,7 +255,8 @@ def test_pretraining_and_curvature_never_read_the_natural_target(natural_corpus,
     assert SPEAKER not in {u.speaker for u in train + val}
 
     seen.clear()  # what the curvature fit reads (the model is not needed to choose the utterances)
-    monkeypatch.setattr(TTSBackend, "from_pretrained", classmethod(lambda cls, folder: object()))
+    stub = type("Stub", (), {"to": lambda self, device: self})()  # goes to its device, knows nothing else
+    monkeypatch.setattr(TTSBackend, "from_pretrained", classmethod(lambda cls, folder: stub))
     monkeypatch.setattr(readers, "read_dataset", _recording(readers.read_dataset, seen))
     with pytest.raises(_Read):
         fit_curvature_file(None, natural_corpus, tmp_path / "k.safetensors", num_utterances=1000, progress=False)
