@@ -111,7 +111,7 @@ def test_the_fit_makes_no_tensor_on_the_default_device(method, monkeypatch):
     expected = fit_curvature(backend, features, method=method, targets=SpeakerToy.TARGETS, batch_size=2,
                              progress=False)
     backend.collate = on_the_cpu(backend.collate)
-    monkeypatch.setattr(fit, "_batch_loader", on_the_cpu(fit._batch_loader))
+    monkeypatch.setattr(fit, "batch_stream", on_the_cpu(fit.batch_stream))
     with torch.device("meta"):
         assert torch.zeros(1).is_meta
         curv = fit_curvature(backend, features, method=method, targets=SpeakerToy.TARGETS, batch_size=2,

@@ -90,33 +90,29 @@ def grad_scaler(device: torch.device, precision: str = "fp32") -> torch.amp.Grad
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
-def to_device(obj, device: torch.device, non_blocking: bool = False):
-    """``obj`` with every tensor in it on ``device``: tensors, dataclasses (a :class:`Batch`), dicts,
-    lists and tuples; everything else as it is."""
+def _map_tensors(obj, fn):
+    """``obj`` with ``fn`` applied to every tensor in it: tensors, dataclasses (a :class:`Batch`), dicts, lists and
+    tuples; everything else as it is."""
     if torch.is_tensor(obj):
-        return obj.to(device, non_blocking=non_blocking)
+        return fn(obj)
     if is_dataclass(obj) and not isinstance(obj, type):
-        return replace(obj, **{f.name: to_device(getattr(obj, f.name), device, non_blocking)
-                               for f in fields(obj) if f.init})
+        return replace(obj, **{f.name: _map_tensors(getattr(obj, f.name), fn) for f in fields(obj) if f.init})
     if isinstance(obj, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        moved = [to_device(v, device, non_blocking) for v in obj]
+        moved = [_map_tensors(v, fn) for v in obj]
         return type(obj)(moved) if isinstance(obj, tuple) else moved
     return obj
 
 
+def to_device(obj, device: torch.device, non_blocking: bool = False):
+    """``obj`` (see :func:`_map_tensors`) with every tensor in it on ``device``."""
+    return _map_tensors(obj, lambda t: t.to(device, non_blocking=non_blocking))
+
+
 def pin(obj):
     """``obj`` with every CPU tensor in page-locked memory (faster, asynchronous copies to a GPU)."""
-    if torch.is_tensor(obj):
-        return obj.pin_memory() if obj.device.type == "cpu" else obj
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return replace(obj, **{f.name: pin(getattr(obj, f.name)) for f in fields(obj) if f.init})
-    if isinstance(obj, dict):
-        return {k: pin(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(pin(v) for v in obj) if isinstance(obj, tuple) else [pin(v) for v in obj]
-    return obj
+    return _map_tensors(obj, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

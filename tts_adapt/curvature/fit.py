@@ -64,10 +64,9 @@ curvature, :meth:`FitState.save`): a fit state saved on one device continues on 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +81,7 @@ from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, 
 from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer
 from tts_adapt.distributed import all_reduce_sums, dist_info, group_device
 from tts_adapt.io import atomic_path
+from tts_adapt.models.trainer import Collator, batch_stream
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,10 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
             phase = phases[state.phase]
             start = state.batches_seen
             stop = len(plan) if budget is None else min(len(plan), start + budget)
-            batches = _batch_loader(backend, features, plan, [i for i in range(start, stop) if i % world == rank],
-                                    workers, device)
+            # collated on the CPU, ahead of the fit by `workers` processes (page-locked for a GPU)
+            mine = [plan[i] for i in range(start, stop) if i % world == rank]
+            batches = batch_stream(Collator(backend, features), mine, workers=workers,
+                                   pin_memory=device.type == "cuda")
             partial = {}  # the batches since state.batches_seen, summed in float32 (see the module doc)
             for i in range(start, stop):
                 if i % world == rank:
@@ -275,43 +277,6 @@ def data_fingerprint(features: Sequence) -> str:
     for utt_id, speaker, frames, tokens in rows:
         h.update(f"{utt_id}|{speaker}|{frames}|{tokens}\n".encode())
     return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- batches
-class _PlanBatches(torch.utils.data.Dataset):
-    """Item i: the collated CPU batch of plan entry i."""
-
-    def __init__(self, backend, features: Sequence, plan: list[list[int]]):
-        self.backend, self.features, self.plan = backend, features, plan
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, i: int):
-        return self.backend.collate([self.features[j] for j in self.plan[i]])
-
-    def __getstate__(self) -> dict:
-        # what a worker started by spawn (macOS, Windows) receives: collating needs the backend's text and
-        # feature settings, not its model, which carries the fit's hooks (closures do not pickle)
-        backend = copy.copy(self.backend)
-        backend.model = None
-        return {**self.__dict__, "backend": backend}
-
-
-def _one_thread(_worker: int) -> None:
-    torch.set_num_threads(1)  # the parallelism is across the workers; more threads would oversubscribe
-
-
-def _batch_loader(backend, features: Sequence, plan: list[list[int]], entries: list[int], workers: int,
-                  device: torch.device) -> Iterator:
-    """The batches of the plan ``entries`` in order, collated on the CPU in this process (``workers`` 0) or
-    ahead of the fit by ``workers`` processes, in page-locked memory when they go to a GPU. The loader draws
-    its workers' seeds from a generator of its own, not from (and changing) the global random state."""
-    loader = torch.utils.data.DataLoader(_PlanBatches(backend, features, plan), batch_size=None, sampler=entries,
-                                         num_workers=workers, pin_memory=device.type == "cuda",
-                                         worker_init_fn=_one_thread if workers else None,
-                                         generator=torch.Generator())
-    return iter(loader)
 
 
 # --------------------------------------------------------------------------- one batch

@@ -42,7 +42,7 @@ from tts_adapt.models.base import TTSBackend
 from tts_adapt.models.features import FeatureStats, extract_features
 from tts_adapt.models.pretrain_config import EARLIER_DEFAULTS, PretrainConfig
 from tts_adapt.models.speakers import SpeakerTable, speaker_d_vectors
-from tts_adapt.models.trainer import Callback, LoopConfig, Trainer, read_checkpoint, validation_loss
+from tts_adapt.models.trainer import Callback, Collator, LoopConfig, Trainer, read_checkpoint, validation_loss
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.pt"
@@ -286,7 +286,7 @@ def pretrain(data: str | Path, out: str | Path, config: PretrainConfig = Pretrai
     trainer = Trainer(
         model, dict(model.named_parameters()), optimizer, loss_fn,
         epoch_batches=lambda epoch: epoch_batches(lengths, config.batch_size, config.seed, epoch),
-        make_batch=lambda idx: backend.collate([train[i] for i in idx[rank * per_rank:(rank + 1) * per_rank]]),
+        make_batch=Collator(backend, train, slice(rank * per_rank, (rank + 1) * per_rank)),
         config=LoopConfig(steps=config.steps, checkpoint_every=config.checkpoint_every,
                           val_every=config.checkpoint_every, grad_clip=config.grad_clip,
                           max_bad_steps=MAX_BAD_STEPS, raise_on_non_finite=True),

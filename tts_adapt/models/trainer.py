@@ -29,6 +29,7 @@ step is taken by all processes together, and only rank 0 validates and writes fi
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -128,6 +129,23 @@ def validation_loss(backend, features: Sequence, batch_size: int) -> float:
             total += float(loss) * len(chunk)
     backend.model.train(was)
     return total / len(features)
+
+
+class Collator:
+    """``make_batch`` over features held in memory: the CPU batch of ``features[i]`` for the indices ``idx[part]``
+    (a process's share of a global batch). Unlike a closure it pickles, without the model (which may carry
+    hooks, and which collating does not need), so DataLoader workers started by spawn receive it too."""
+
+    def __init__(self, backend, features: Sequence, part: slice = slice(None)):
+        self.backend, self.features, self.part = backend, features, part
+
+    def __call__(self, idx: list[int]):
+        return self.backend.collate([self.features[i] for i in idx[self.part]])
+
+    def __getstate__(self) -> dict:
+        backend = copy.copy(self.backend)
+        backend.model = None
+        return {**self.__dict__, "backend": backend}
 
 
 class _Batches(torch.utils.data.Dataset):
