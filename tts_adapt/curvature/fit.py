@@ -76,8 +76,15 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from tts_adapt.curvature.curvature_config import CurvatureMethod, FisherType
-from tts_adapt.curvature.hooks import (LayerCall, LinearMap, LinearMapRecorder, PositionMaskError, linear_maps,
-                                       record_linear_maps, tap_blocks_to_matrix)
+from tts_adapt.curvature.hooks import (
+    LayerCall,
+    LinearMap,
+    LinearMapRecorder,
+    PositionMaskError,
+    linear_maps,
+    record_linear_maps,
+    tap_blocks_to_matrix,
+)
 from tts_adapt.curvature.storage import TENSORS, Curvature, CurvatureLayer
 from tts_adapt.distributed import all_reduce_sums, dist_info, group_device
 from tts_adapt.io import atomic_path
