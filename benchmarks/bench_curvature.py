@@ -10,8 +10,9 @@ untimed warm-up batch, on ``--device`` (the model is moved there; batches are co
 moved, as in the fit). Measured:
 
 (a) plain: collate + ``B * backend.loss(batch)`` + ``torch.autograd.grad`` w.r.t. the parameters of the
-    default target layers (``backend.lora_targets()``), i.e. exactly the forward and backward pass the
-    fit needs, without recording anything;
+    default target layers (``backend.lora_targets()``), i.e. the forward and backward pass of a training
+    step on those layers, without recording anything (the fit itself asks autograd for the gradients at the
+    layers' outputs only, and skips the weight gradients: see ``tts_adapt.curvature.hooks.layer_gradients``);
 (b) ``fit_curvature(method="kfac")`` on the same targets and batches, and its ratio to (a)
     (goal <= 1.3: K-FAC costs at most 30 % over the gradient it is made from);
 (c) the same for ``ekfac`` (two passes over the data, so about 2x (a) at best) and ``diag``;
@@ -32,9 +33,10 @@ moved, as in the fit). Measured:
     weight matrices (float32, biases not counted), for kfac (goal <= 2), ekfac and diag.
 
 Timings are wall-clock (perf_counter), with the device's queued work waited for at both ends
-(:func:`tts_adapt.device.synchronize`). (a) and (b) are measured alternately ``--repeats`` times and the
-fastest of each counts, so that a load that comes and goes on a shared machine hits both alike. Run
-with OMP_NUM_THREADS set when other jobs share the machine.
+(:func:`tts_adapt.device.synchronize`), and on a CPU also the CPU time of this process (process_time),
+which other jobs on a shared machine disturb much less. (a) and (b) are measured alternately
+``--repeats`` times and the fastest of each counts, so that a load that comes and goes on a shared
+machine hits both alike. Run with OMP_NUM_THREADS set when other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -72,34 +74,35 @@ def target_weights(backend, targets: list[str]) -> list[torch.Tensor]:
     return list({id(p): p for t in targets for p in backend.model.get_submodule(t).parameters()}.values())
 
 
-def time_plain(backend, features, plan, targets) -> float:
+def time_plain(backend, features, plan, targets) -> tuple[float, float]:
     """Collate, move, forward, backward w.r.t. the targets' parameters, over all batches (eval mode, as the
-    fit)."""
+    fit): (wall-clock seconds, CPU seconds of this process)."""
     weights = target_weights(backend, targets)
     device = backend.device
     with _fitting(backend.model, weights):
         batch = backend.collate([features[j] for j in plan[0]]).to(device)  # warm-up
         torch.autograd.grad(backend.loss(batch)[0] * len(batch), weights, allow_unused=True)
         synchronize(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for idx in plan:
             batch = backend.collate([features[j] for j in idx]).to(device)
             loss = backend.loss(batch)[0] * len(batch)
             torch.autograd.grad(loss, weights, allow_unused=True)
         synchronize(device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_fit(backend, features, batch_size, method, targets=None, warm_up: bool = True):
-    """Seconds of one fit on the backend's device, and the curvature."""
+    """(wall-clock seconds, CPU seconds of this process) of one fit on the backend's device, and the
+    curvature."""
     if warm_up:
         fit_curvature(backend, features[:batch_size], method="kfac", targets=targets, batch_size=batch_size,
                       progress=False)  # one batch
     synchronize(backend.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     curv = fit_curvature(backend, features, method=method, targets=targets, batch_size=batch_size, progress=False)
     synchronize(backend.device)
-    return time.perf_counter() - t0, curv
+    return (time.perf_counter() - t0, time.process_time() - c0), curv
 
 
 class LossAsOutput(nn.Module):
@@ -156,7 +159,7 @@ def compare_curvlinops(backend, features, plan, batch_size, repeats: int) -> dic
     fit_curvature(backend, features[:batch_size], targets=targets, batch_size=batch_size, progress=False)
     ours_s, theirs_s = [], []
     for _ in range(repeats):  # alternating, so that both see the same load
-        seconds, ours = time_fit(backend, features, batch_size, "kfac", targets, warm_up=False)
+        (seconds, _), ours = time_fit(backend, features, batch_size, "kfac", targets, warm_up=False)
         ours_s.append(seconds)
         with _fitting(backend.model, weights):
             synchronize(backend.device)
@@ -208,7 +211,9 @@ def main() -> None:
         plain.append(time_plain(backend, features, plan, targets))
         seconds, curvatures["kfac"] = time_fit(backend, features, args.batch_size, "kfac", warm_up=i == 0)
         kfac.append(seconds)
-    plain_s, fits = min(plain), {"kfac": min(kfac)}
+    # the fastest run of each, by wall clock and by CPU time (each taken on its own)
+    plain_s = tuple(min(t[j] for t in plain) for j in (0, 1))
+    fits = {"kfac": tuple(min(t[j] for t in kfac) for j in (0, 1))}
     for method in ("ekfac", "diag"):
         fits[method], curvatures[method] = time_fit(backend, features, args.batch_size, method, warm_up=False)
     wbytes, sizes = weight_bytes(backend, targets), {}
@@ -221,12 +226,16 @@ def main() -> None:
     if not args.skip_curvlinops:
         cl = compare_curvlinops(backend, features, plan, args.batch_size, args.repeats)
 
-    print("runs of (a) plain / (b) kfac, s:", ", ".join(f"{p:.2f} / {k:.2f}" for p, k in zip(plain, kfac)))
-    rows = [("plain forward+backward, s", f"{plain_s:.2f}", ""),
-            ("plain per utterance, ms", f"{1000 * plain_s / len(features):.1f}", "")]
+    print("runs of (a) plain / (b) kfac, wall-clock s:", ", ".join(f"{p[0]:.2f} / {k[0]:.2f}" for p, k in zip(plain, kfac)))
+    print("runs of (a) plain / (b) kfac, CPU s:       ", ", ".join(f"{p[1]:.2f} / {k[1]:.2f}" for p, k in zip(plain, kfac)))
+    cpu = device.type == "cpu"  # on a GPU the process's CPU time says little about the work
+    rows = [("plain forward+backward, s", f"{plain_s[0]:.2f}", ""),
+            ("plain per utterance, ms", f"{1000 * plain_s[0] / len(features):.1f}", "")]
     for method, goal in (("kfac", "<= 1.3"), ("ekfac", ""), ("diag", "")):
-        rows.append((f"{method} fit, s", f"{fits[method]:.2f}", ""))
-        rows.append((f"{method} fit / plain", f"{fits[method] / plain_s:.2f}", goal))
+        rows.append((f"{method} fit, s", f"{fits[method][0]:.2f}", ""))
+        rows.append((f"{method} fit / plain, wall clock", f"{fits[method][0] / plain_s[0]:.2f}", goal))
+        if cpu:
+            rows.append((f"{method} fit / plain, CPU time", f"{fits[method][1] / plain_s[1]:.2f}", goal))
     if cl is not None:
         layers = ", ".join(cl["targets"])
         rows += [(f"kfac of nn.Linear [{layers}]: ours, s", f"{cl['ours_s']:.2f}", ""),

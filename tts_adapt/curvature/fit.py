@@ -81,6 +81,7 @@ from tts_adapt.curvature.hooks import (
     LinearMap,
     LinearMapRecorder,
     PositionMaskError,
+    layer_gradients,
     linear_maps,
     record_linear_maps,
     tap_blocks_to_matrix,
@@ -234,7 +235,7 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
             for i in range(start, stop):
                 if i % world == rank:
                     batch = next(batches).to(device, non_blocking=device.type == "cuda")
-                    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i), weights)
+                    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i))
                     if calls is None:
                         log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the "
                                     "curvature", ", ".join(_utt_ids(features, plan[i])), len(batch))
@@ -311,7 +312,7 @@ def _batch_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
-def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generator, weights):
+def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generator):
     """Forward and backward of one batch; the recorded layer calls, or None when the loss is not finite."""
     recorder.clear()
     recorder.masks = position_masks(backend, batch)
@@ -324,7 +325,7 @@ def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generato
         return None
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on any target layer")
-    torch.autograd.grad(loss, weights, allow_unused=True)
+    layer_gradients(loss, recorder)
     unused = [name for name, calls in recorder.calls.items() if not calls]
     if unused:
         raise ValueError(f"target layer(s) {', '.join(unused)} were not called by the model's loss; "

@@ -50,7 +50,9 @@ per layer, so a batch where two axes happen to have the same length still works
 once the layer has been seen in an unambiguous batch. A time axis of length 1
 (e.g. a per-utterance speaker projection) is always real.
 
-One backward pass per forward pass: a second backward overwrites the gradients.
+One backward pass per forward pass: a second backward overwrites the gradients. A ``backward()`` delivers
+the output gradients through hooks; :func:`layer_gradients` asks autograd for them alone, which skips the
+weight gradients (the fit's way: it needs no weight gradient).
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 KINDS = ("linear", "conv1d", "attention_in", "attention_out")
 
@@ -232,8 +235,8 @@ def _conv_input_gram(padded: torch.Tensor, mask: torch.Tensor, k: int, d: int, f
     padded frames, so no term mixes utterances); the other blocks differ from H_δ only where w_j and w_0
     differ, the first and last j d frames of each stretch of real frames, which are added as small
     corrections. k products of (C x frames) instead of k² of the patches, each written into place. Frames
-    outside every real patch are zeroed first (``finite`` as for :func:`_gram`; an inf or nan there would
-    reach the diagonal of block (0, 0)).
+    outside every real patch only ever meet a zero weight; without ``finite`` (see :func:`_gram`) they are
+    zeroed first, with it an inf or nan there reaches the diagonal of block (0, 0), where the caller looks.
     """
     B, C, length = padded.shape
     n = B * length
@@ -246,8 +249,12 @@ def _conv_input_gram(padded: torch.Tensor, mask: torch.Tensor, k: int, d: int, f
     rows = (padded.permute(2, 0, 1) if time_major else padded.transpose(1, 2)).reshape(n, C)  # a view
     rows = rows.to(_stat_dtype(padded))
     taps = [frames(F.pad(mask, (j * d, (k - 1 - j) * d))) for j in range(k)]  # w_j over the rows
-    support = torch.stack(taps).any(0)[:, None]
-    x = rows * support if finite else torch.where(support, rows, rows.new_zeros(()))
+    if finite:
+        # every product below pairs a frame with one of weight w_j, so a frame outside every real patch meets
+        # a zero weight only; an inf or nan there still reaches block (0, 0) through `weighted`
+        x = rows
+    else:
+        x = torch.where(torch.stack(taps).any(0)[:, None], rows, rows.new_zeros(()))
     weighted = x * taps[0][:, None]
     # the frames where some w_j differs from w_0 (a sync on a GPU, one per call: how many is data)
     edges = torch.stack(taps[1:]).ne(taps[0]).any(0).nonzero().squeeze(1) if k > 1 else None
@@ -347,6 +354,8 @@ class LinearMapRecorder:
     maps: dict[str, LinearMap]
     masks: tuple[torch.Tensor, ...] = ()
     calls: dict[str, list[LayerCall]] = field(default_factory=dict)
+    #: the gradients the calls need, (where in the graph, what to do with the gradient there): see :meth:`need`
+    needed: list[tuple[GradientEdge, Callable[[torch.Tensor], None]]] = field(default_factory=list)
     _axis: dict[str, int] = field(default_factory=dict)  # layer -> index of its mask in `masks`
     _time_first: dict[str, bool] = field(default_factory=dict)  # Linear layers with 3-D inputs
 
@@ -355,6 +364,13 @@ class LinearMapRecorder:
 
     def clear(self) -> None:
         self.calls = {name: [] for name in self.maps}
+        self.needed = []
+
+    def need(self, edge: GradientEdge, store: Callable[[torch.Tensor], None]) -> None:
+        """Note that the gradient at ``edge`` (a layer output's) goes to ``store``. A plain ``backward()``
+        delivers it through hooks; :func:`layer_gradients` asks autograd for exactly these gradients, and no
+        weight gradient is computed."""
+        self.needed.append((edge, store))
 
     @property
     def batch_size(self) -> int | None:
@@ -435,6 +451,7 @@ def _linear_hook(recorder: LinearMapRecorder, name: str):
             def store(g):
                 call.grads = _to_btc(g, B, T, time_first).detach()
             output.register_hook(store)
+            recorder.need(get_gradient_edge(output), store)
     return hook
 
 
@@ -453,6 +470,7 @@ def _conv1d_hook(recorder: LinearMapRecorder, name: str):
             def store(g):
                 call.grads = output_btc(g).detach()
             output.register_hook(store)
+            recorder.need(get_gradient_edge(output), store)
     return hook
 
 
@@ -483,7 +501,9 @@ def _attention_hook(recorder: LinearMapRecorder, name: str):
             in_call = recorder.add(in_name, x.transpose(0, 1), mask)
             out_call = recorder.add(out_name, context.view(L, N, E).transpose(0, 1), mask)
             for node, call, width in ((nodes["in"], in_call, 3 * E), (nodes["out"], out_call, E)):
-                node.register_prehook(_store_product_grads(call, L, N, width))
+                store = _store_product_grads(call, L, N, width)
+                node.register_prehook(lambda grad_outputs, store=store: store(grad_outputs[0]))
+                recorder.need(GradientEdge(node, 0), store)
         else:
             _rerun_attention(recorder, name, mha, x, a, output, mask, batched)
 
@@ -535,10 +555,10 @@ def _multiplied_leaf(node) -> torch.Tensor | None:
 
 
 def _store_product_grads(call: LayerCall, L: int, N: int, width: int):
-    """Pre-hook of a projection's matrix product: its gradient (L N, width) is the layer's output gradient."""
-    def store(grad_outputs):
-        if grad_outputs[0] is not None:
-            call.grads = grad_outputs[0].detach().view(L, N, width).transpose(0, 1)
+    """The gradient (L N, width) w.r.t. a projection's matrix product is the layer's output gradient."""
+    def store(g):
+        if g is not None:
+            call.grads = g.detach().view(L, N, width).transpose(0, 1)
     return store
 
 
@@ -572,6 +592,7 @@ def _rerun_attention(recorder: LinearMapRecorder, name: str, mha: nn.MultiheadAt
             (g_qkv,) = torch.autograd.grad(context, qkv, g_context)
             in_call.grads = g_qkv.transpose(0, 1).detach()
         attn_out.register_hook(store)
+        recorder.need(get_gradient_edge(attn_out), lambda g: None)  # the hook fires when the gradient is taken
     weights = output[1]
     if weights is not None and weights.requires_grad:
         def refuse(g):
@@ -595,6 +616,20 @@ def _attention_core(mha: nn.MultiheadAttention, x: torch.Tensor, padding, a: dic
         attn_mask=a["attn_mask"], use_separate_proj_weight=True, q_proj_weight=eye, k_proj_weight=eye,
         v_proj_weight=eye, average_attn_weights=a["average_attn_weights"], is_causal=a["is_causal"])
     return qkv, context
+
+
+def layer_gradients(loss: torch.Tensor, recorder: LinearMapRecorder) -> None:
+    """The backward pass of ``loss`` for the recorded calls: the gradients w.r.t. the layers' outputs, and
+    nothing else. Autograd runs only the part of the graph between the loss and the lowest recorded output,
+    without the weight gradients (a convolution's and a matrix product's, as costly as the gradient w.r.t.
+    its input) that a ``backward()`` would add: K-FAC, EK-FAC and the diagonal need the output gradients only,
+    and make per-utterance weight gradients from them themselves."""
+    if not recorder.needed:
+        raise ValueError("the loss does not depend on any target layer")
+    edges, stores = zip(*recorder.needed)
+    for g, store in zip(torch.autograd.grad(loss, list(edges), allow_unused=True), stores):
+        if g is not None:
+            store(g)
 
 
 @contextlib.contextmanager
