@@ -323,6 +323,29 @@ def test_voice_report_scores_two_ceilings_and_the_card_says_where_the_model_stan
     assert training_steps(meta["info"]) == "?"
 
 
+def test_the_card_shows_each_intelligibility_run_with_its_command(tmp_path):
+    from tts_adapt.evaluate.intelligibility import error_rates
+    from tts_adapt.evaluate.model_card import intelligibility_lines
+
+    assert intelligibility_lines(tmp_path) == []
+    refs = ["the cat sat on the mat", "a dog ran home"]
+    sources = {"recordings": error_rates(refs, ["the cat sat on the mat", "a dog ran home"], seed=0),
+               "copy synthesis": error_rates(refs, ["the cat sat on a mat", "a dog ran home"], seed=0),
+               "model": error_rates(refs, ["the cat sat on a hat", "a frog ran home"], seed=0)}
+    ratios = {f"{k}_over_{f}": [float("inf"), 0.0, 0.0] for k in ("wer", "cer") for f in ("recordings", "copy synthesis")}
+    run = {"model": str(tmp_path), "vocoder": "world", "seconds": 1.0,
+           "args": {"corpus": "work/corpus", "everyday": "work/corpus_diverse", "speakers": 8, "unseen": 6,
+                    "sentences": 13, "seed": 0},
+           "results": [{"text_set": "everyday", "voices": "pretrain", "engine": "flite", "speakers": ["fl01"],
+                        "sources": sources, "ratios": ratios}]}
+    (tmp_path / "intelligibility_world.json").write_text(json.dumps(run))
+    text = "\n".join(intelligibility_lines(tmp_path))
+    assert "### Vocoder: world" in text and "--sentences 13 --vocoder world" in text
+    wer = sources["model"]["wer"]
+    assert wer == 0.3 and f"| everyday | pretrain, flite (1) | 2 | 0.00 [0.00, 0.00] |" in text
+    assert f"**{wer:.2f} [" in text
+
+
 def test_heldout_recordings_are_the_manifests_heldout_split_of_one_speaker_set(tiny_corpus, tmp_path):
     from tts_adapt.evaluate.corpus_voices import heldout_recordings
 

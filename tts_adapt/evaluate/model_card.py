@@ -5,8 +5,9 @@
 ``tts_adapt.json`` and ``train_log.csv`` (``tts-adapt pretrain``) and
 ``report.json`` (``tts-adapt evaluate``, copied into the folder as ``eval_report.json``, or
 ``eval_report_world.json`` and so on for a vocoder other than Griffin-Lim: the card shows every
-vocoder's report the folder holds), and ``pilot.md``
-(``benchmarks/pilot_backends.py``) when the model folder holds one. Nothing in the
+vocoder's report the folder holds), ``intelligibility_<vocoder>.json``
+(``benchmarks/intelligibility.py --out``) and ``pilot.md``
+(``benchmarks/pilot_backends.py``) when the model folder holds them. Nothing in the
 card is typed by hand except the free-text notes: ``notes``, or else the model
 folder's ``card_notes.md``.
 """
@@ -29,6 +30,8 @@ REPORT_FILE = "eval_report.json"
 F0_LABELS = {"rapt": "RAPT", "swipe": "SWIPE'"}
 #: Report files of the vocoders other than Griffin-Lim: ``eval_report_world.json``.
 VOCODER_REPORT_PATTERN = "eval_report_*.json"
+#: Speech-recognition runs of benchmarks/intelligibility.py, one per vocoder.
+INTELLIGIBILITY_PATTERN = "intelligibility_*.json"
 #: The card's target: the synthesised voice is closer to its own speaker's real audio than to any
 #: other speaker's for at least this share of the pretraining speakers.
 RECOGNISABLE_TARGET = 0.9
@@ -153,10 +156,49 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
         lines += ["", "## Voices (held-out sentences of the embedded corpus)"]
         for report in reports:
             lines += ["", f"### Vocoder: {vocoder_label(report)}", "", to_markdown(report).strip()]
+    lines += intelligibility_lines(model_dir)
     lines += ["", "## Reproduce", "", "```bash", *(commands or DEFAULT_COMMANDS), "```"]
     path = model_dir / "MODEL_CARD.md"
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def intelligibility_lines(model_dir: Path) -> list[str]:
+    """The card's section on intelligibility: one table per run of benchmarks/intelligibility.py that the
+    folder holds (``intelligibility_<vocoder>.json``), with the command that made it."""
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(model_dir.glob(INTELLIGIBILITY_PATTERN))]
+    if not runs:
+        return []
+    lines = ["", "## Intelligibility (speech recognition)", "",
+             "PocketSphinx (the `pocketsphinx` wheel's English model, 16 kHz) transcribes the model's speech, the "
+             "voice's own recordings of the same sentences (the recogniser's floor on that voice) and their copy "
+             "synthesis through the model's mel features and the vocoder (the floor of any model with that "
+             "vocoder). Word and character error rates with 95 % bootstrap intervals over sentences; the ratios "
+             "compare the model with the recordings on the same sentences. The recogniser hears flite's voices; "
+             "espeak-ng's are at its ceiling even recorded (word error rate about 1), so their rows say little."]
+    for run in runs:
+        a = run["args"]
+        command = (f"python benchmarks/intelligibility.py --model {model_dir} --corpus {a['corpus']} --everyday "
+                   f"{a['everyday']} --speakers {a['speakers']} --unseen {a['unseen']} --sentences "
+                   f"{a['sentences']} --vocoder {run['vocoder']} --out {model_dir}/intelligibility_"
+                   f"{run['vocoder'].replace('griffin-lim', 'griffinlim')}.json")
+        lines += ["", f"### Vocoder: {run['vocoder']}", "", f"`{command}`", "",
+                  "| text set | voices | sentences | WER recordings | WER copy synthesis | WER model | "
+                  "CER recordings | CER model | model ÷ recordings, WER / CER |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for res in run["results"]:
+            src = res["sources"]
+
+            def rate(source: str, key: str) -> str:
+                r = src[source]
+                return f"{r[key]:.2f} [{r[key + '_interval'][0]:.2f}, {r[key + '_interval'][1]:.2f}]"
+
+            ratios = " / ".join(f"{res['ratios'][f'{k}_over_recordings'][0]:.2f}" for k in ("wer", "cer"))
+            lines.append(f"| {res['text_set']} | {res['voices']}, {res['engine']} ({len(res['speakers'])}) | "
+                         f"{src['model']['utterances_count']} | {rate('recordings', 'wer')} | "
+                         f"{rate('copy synthesis', 'wer')} | **{rate('model', 'wer')}** | {rate('recordings', 'cer')} | "
+                         f"{rate('model', 'cer')} | {ratios} |")
+    return lines
 
 
 def lineage(info: dict) -> list[str]:
