@@ -492,6 +492,8 @@ def test_unsupported_layers_are_refused_clearly():
             pass
     with pytest.raises(ValueError, match="valid: kfac, ekfac, diag"):
         fit_curvature(toy_backend(), toy_features(), method="kron", progress=False)
+    with pytest.raises(ValueError, match="curvature of LoRA factors at a LoRA point"):
+        fit_curvature(toy_backend(), toy_features(), method="lalora-kfac", progress=False)
 
 
 def test_hooks_are_removed_even_after_an_error():

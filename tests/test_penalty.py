@@ -147,7 +147,7 @@ def test_strategies_registry():
     with pytest.raises(ValueError, match="curvature"):
         get_strategy("kfac")(None)
     assert {s: get_strategy(s).curvature_method for s in STRATEGIES if get_strategy(s).needs_curvature} == \
-        {"diag": "diag", "kfac": "kfac", "ekfac": "ekfac"}
+        {"diag": "diag", "kfac": "kfac", "ekfac": "ekfac", "lalora": "lalora-kfac"}
 
 
 def test_missing_layers_in_curvature_are_named(lora_model):

@@ -159,11 +159,16 @@ def cmd_fit_curvature(args) -> int:
     from tts_adapt.curvature.run import fit_curvature_file
 
     c = config_from_args(args, CurvatureConfig, "curvature")
+    lora_point = None
+    if c.lora_setup() is not None:  # lalora-*: the LoRA point to fit at
+        from tts_adapt.adapt.strategies.lalora import LoraPointBuilder
+
+        lora_point = LoraPointBuilder.from_setup(c.lora_setup(), batch_size=c.batch_size, progress=not args.quiet)
     curvature, summary = fit_curvature_file(
         args.model, args.data, args.out, method=c.method, fisher=c.fisher, targets=args.targets,
         num_utterances=c.num_utterances, batch_size=c.batch_size, seed=c.seed, layout=args.layout,
         cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet, device=args.device,
-        loader_workers=args.loader_workers)
+        loader_workers=args.loader_workers, lora_point=lora_point)
     if summary["size_mb"] is not None:
         print(f"{curvature.method} ({curvature.fisher} Fisher) of {summary['layers']} layers on "
               f"{summary['utterances']} utterances in {summary['seconds']:.0f} s "
@@ -178,9 +183,14 @@ def cmd_adapt(args) -> int:
     config = config_from_args(args, AdaptConfig, "adapt")
     run = adapt(args.target_dir, args.out, args.model, config, curvature=args.curvature, targets=args.targets,
                 resume=args.resume, val_dir=args.val_dir, cache_dir=args.cache_dir, progress=not args.quiet,
-                min_clips=args.min_clips, max_clips=args.max_clips, device=args.device, precision=args.precision)
+                min_clips=args.min_clips, max_clips=args.max_clips, device=args.device, precision=args.precision,
+                replay_data=args.replay_data, init_adapter=args.init_adapter)
     print(f"adapter saved in {args.out}: {run['steps']} steps ({run['stopped']}), best validation loss "
           f"{run['best_val_loss']:.4f}, {run['wall_seconds']:.0f} s")
+    if "selective" in run:  # the selective strategy's gates
+        gates = run["selective"]
+        print(f"active LoRA blocks: {gates['active_blocks']} of {gates['blocks']} "
+              f"({100 * gates['active_fraction']:.0f} %); the adapter holds the active ones")
     return 0
 
 
@@ -238,15 +248,26 @@ def cmd_sweep(args) -> int:
     from tts_adapt.evaluate.sweep import SweepConfig, run_sweep
 
     config = config_from_args(args, SweepConfig, "sweep")
+    sequence = None
+    if args.sequence is not None:
+        from tts_adapt.evaluate.continual import parse_sequence
+
+        sequence = parse_sequence(args.sequence)
+        given = [f for f in ("target_dir", "heldout_dir", "target_speaker") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--sequence clones speakers of --data; --{given[0].replace('_', '-')} does not apply")
     data = args.data
     if data is None and args.target_dir is None:  # the embedded default, built (or reused) in the workdir
         from tts_adapt.data.corpus import CorpusConfig, build_corpus
 
         data = args.workdir / "corpus"
         print(build_corpus(data, CorpusConfig(), progress=not args.quiet))
+    if sequence is not None:
+        return _sweep_sequence(args, config, sequence, data)
     summary = run_sweep(args.out, config, model=args.model, data=data, layout=args.layout,
                         target_speaker=args.target_speaker, target_dir=args.target_dir, heldout_dir=args.heldout_dir,
-                        curvature_data=args.curvature_data, cache_dir=args.cache_dir, publish=args.publish,
+                        curvature_data=args.curvature_data, replay_data=args.replay_data, cache_dir=args.cache_dir,
+                        publish=args.publish,
                         progress=not args.quiet, device=args.device, precision=args.precision)
     from tts_adapt.evaluate.sweep import to_markdown
 
@@ -256,13 +277,90 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _sweep_sequence(args, config, sequence, data) -> int:
+    """``sweep --sequence``: the continual benchmark with the sweep's settings; λ is --lams' first value when
+    given (flag or --config), else each strategy's default."""
+    from tts_adapt.evaluate.continual import run_sequence, to_markdown
+    from tts_adapt.evaluate.sweep_config import SweepConfig
+    from tts_adapt.settings import load_section
+
+    lams_given = args.lams is not None or (args.config is not None
+                                           and "lams" in load_section(args.config, "sweep", SweepConfig))
+    summary = run_sequence(args.out, config, sequence, lam=config.lams[0] if lams_given and config.lams else None,
+                           model=args.model, data=data, layout=args.layout, curvature_data=args.curvature_data,
+                           replay_data=args.replay_data, cache_dir=args.cache_dir, publish=args.publish,
+                           progress=not args.quiet, device=args.device, precision=args.precision)
+    print(to_markdown(summary["methods"], summary))
+    print(f"table: {Path(args.out) / 'sequence.md'} (and .csv, .json); plot: {Path(args.out) / 'sequence.png'}; "
+          f"{summary['seconds']:.0f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bank
+def cmd_bank_list(args) -> int:
+    import json
+
+    from tts_adapt.adapt.bank import AdapterBank
+
+    entries = AdapterBank(args.bank).entries()
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2, ensure_ascii=False))
+        return 0
+    if not entries:
+        print(f"{args.bank}: no adapters")
+        return 0
+    rows = [("name", "strategy", "λ", "rank", "base model", "size")]
+    for e in entries:
+        strategy = e.strategy or "?"
+        if e.merged_from:
+            strategy += f" of {'+'.join(e.merged_from)}"
+        base = f"{e.base_model or '?'} ({e.base_fingerprint[:12] or 'unrecorded'})"
+        rows.append((e.name, strategy, "-" if e.lam is None else f"{e.lam:g}", str(e.rank or "?"), base,
+                     f"{e.size_bytes / 1e6:.2f} MB"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_bank_add(args) -> int:
+    from tts_adapt.adapt.bank import AdapterBank
+
+    adapter = AdapterBank(args.bank).add(args.name, args.adapter_dir, model=args.model)
+    print(f"added {adapter.name} to {args.bank}: {adapter.settings}")
+    return 0
+
+
+def cmd_bank_remove(args) -> int:
+    from tts_adapt.adapt.bank import AdapterBank
+
+    path = AdapterBank(args.bank).remove(args.name)
+    print(f"removed {args.name} ({path})")
+    return 0
+
+
+def cmd_bank_merge(args) -> int:
+    from tts_adapt.adapt.bank import AdapterBank
+
+    record = AdapterBank(args.bank).merge(args.voices, args.out, combination=args.combination, model=args.model,
+                                          density=args.density, allow_inexact=args.allow_inexact, seed=args.seed)
+    merge = record["merge"]
+    voices = " + ".join(f"{v['weight']:g} · {v['name']}" for v in merge["voices"])
+    exactness = ("exactly the weighted sum of the updates" if merge["exact"] else
+                 f"NOT the weighted sum of the updates (off by {merge['max_relative_deviation']:.3g} of its "
+                 f"largest entry)")
+    print(f"merged adapter saved in {args.out}: ΔW = {voices} ({merge['combination']}, rank "
+          f"{record['config']['rank']}; {exactness}); its voice is the speaker 'target'")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     from tts_adapt.demo.app import run_demo
 
     print(f"loading the base model and the adapters of {args.adapters} ...", flush=True)
     run_demo(args.host, args.port, args.model, args.adapters, args.curvature, min_clips=args.min_clips,
-             max_steps=args.max_steps, vocoder=args.vocoder, device=args.device)
+             max_steps=args.max_steps, vocoder=args.vocoder, device=args.device, replay_data=args.replay_data)
     return 0
 
 
@@ -396,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-dir", required=True, type=Path, help="folder of the target speaker's clips")
     p.add_argument("--out", required=True, type=Path, help="adapter folder")
     p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
-    p.add_argument("--curvature", type=Path, default=None, help="curvature file (for diag, kfac, ekfac)")
+    p.add_argument("--curvature", type=Path, default=None,
+                   help="curvature file (for diag, kfac, ekfac; lalora-kfac or lalora-diag for lalora)")
+    p.add_argument("--replay-data", type=Path, default=None,
+                   help="the base model's pretraining corpus, whose utterances ilora replays (e.g. work/corpus)")
     p.add_argument("--targets", nargs="+", default=None,
                    help="module names to adapt (default: those of the curvature file, else the backend's)")
     p.add_argument("--val-dir", type=Path, default=None, help="held-out clips (default: split off the target's)")
@@ -405,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=MAX_CLIPS,
                    help=f"use at most the first N clips of --target-dir (default: {MAX_CLIPS})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--init-adapter", type=Path, default=None,
+                   help="an adapter folder of the same base model, rank and layers to continue training from (its "
+                        "LoRA weights; the new target keeps its own conditioning; docs/continual.md)")
     add_cache_flag(p)
     add_quiet_flag(p)
     add_config_flags(p, AdaptConfig)
@@ -469,8 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-dir", type=Path, default=None, help="your own adaptation clips instead")
     p.add_argument("--heldout-dir", type=Path, default=None, help="held-out clips of the same speaker (with --target-dir)")
     p.add_argument("--curvature-data", type=Path, default=None, help="pretraining data for the curvature (default: --data)")
+    p.add_argument("--replay-data", type=Path, default=None,
+                   help="pretraining data ilora replays (default: --curvature-data, else --data)")
+    p.add_argument("--sequence", default=None, metavar="SPK1,SPK2,...",
+                   help="the continual benchmark instead: clone these speakers of --data one after another with "
+                        "each strategy continued and with one isolated adapter per voice, measuring every voice "
+                        "after every stage (sequence.md, sequence.png; docs/continual.md)")
     p.add_argument("--publish", type=Path, default=None,
-                   help="also copy table.csv, table.md, summary.json and pareto.png into this folder (e.g. docs/sweep)")
+                   help="also copy table.csv, table.md, summary.json and pareto.png (with --sequence: sequence.csv, "
+                        ".md, .json, .png and stages.csv) into this folder (e.g. docs/sweep)")
     add_cache_flag(p, "feature and score cache")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TTS_ADAPT_WORKDIR", DEFAULT_WORKDIR)),
                    help=f"where the embedded corpus is kept (default: ./{DEFAULT_WORKDIR} or $TTS_ADAPT_WORKDIR)")
@@ -494,11 +605,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curvature", type=Path, nargs="+", default=[workdir / "kfac.safetensors"],
                    help="curvature files or folders for the diag / kfac / ekfac strategies "
                         f"(default: {workdir / 'kfac.safetensors'}, written by quickstart)")
+    p.add_argument("--replay-data", type=Path, default=workdir / "corpus",
+                   help="pretraining corpus the ilora strategy replays "
+                        f"(default: {workdir / 'corpus'}, built by quickstart)")
     p.add_argument("--min-clips", type=int, default=5, help="fewest clips a clone accepts (default: 5)")
     p.add_argument("--max-steps", type=int, default=1000, help="most adaptation steps a clone may ask (default: 1000)")
     p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
     add_device_flags(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bank", help="list, add, remove and merge the adapters of a bank (one per voice)",
+                       description="An adapter bank is a folder with one adapter folder per voice, all of one frozen "
+                                   "base model (the demo's --adapters folder). Adding or removing a voice never "
+                                   "touches the others; merge writes a new adapter whose weight update is a "
+                                   "weighted sum of the voices' (task arithmetic).")
+    bsub = p.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
+
+    def bank_parser(name: str, **kwargs) -> argparse.ArgumentParser:
+        b = bsub.add_parser(name, **kwargs)
+        b.add_argument("--bank", type=Path, default=workdir / "adapters",
+                       help=f"bank folder (default: {workdir / 'adapters'}, the demo's)")
+        return b
+
+    b = bank_parser("list", help="the bank's adapters: name, strategy, λ, rank, base model, size",
+                    description="List the bank's adapters as a table, or as JSON with --json.")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.set_defaults(func=cmd_bank_list)
+    b = bank_parser("add", help="copy an adapter into the bank under a name",
+                    description="Copy an adapter folder (tts-adapt adapt --out, or bank merge --out) into the bank "
+                                "as NAME, atomically. Refused: a taken name, a folder that is not an adapter, an "
+                                "adapter of another base model than the bank's.")
+    b.add_argument("name", help="the voice's name in the bank (letters, digits, '_', '+', '.', '-')")
+    b.add_argument("adapter_dir", type=Path, help="adapter folder to copy in")
+    b.add_argument("--model", type=Path, default=None,
+                   help="also check the adapter against this base model folder (default: against the bank's "
+                        "other adapters)")
+    b.set_defaults(func=cmd_bank_add)
+    b = bank_parser("remove", help="delete an adapter from the bank",
+                    description="Delete the adapter NAME from the bank; the other adapters are not touched.")
+    b.add_argument("name", help="the adapter to delete")
+    b.set_defaults(func=cmd_bank_remove)
+    b = bank_parser("merge", help="write a new adapter that speaks a weighted combination of voices",
+                    description="Merge voices of the bank by task arithmetic through peft's add_weighted_adapter: "
+                                "the new adapter's update is ΔW = w1 ΔW1 + w2 ΔW2 + ... (exactly so with the "
+                                "default combination cat), and its speaker conditioning is the voices' weighted "
+                                "mean. Load it like any adapter (synthesize --adapter OUT), or bank add it.")
+    b.add_argument("voices", help="voices and weights, NAME1=w1,NAME2=w2 (weights may be negative; their sum "
+                                  "must be positive)")
+    b.add_argument("--out", required=True, type=Path, help="folder for the merged adapter (must not exist)")
+    b.add_argument("--combination", default="cat",
+                   help="peft's combination: cat (the default; exact) or linear, ties, dare_linear, dare_ties, "
+                        "magnitude_prune and the svd ones, which are not the weighted sum and are refused unless "
+                        "--allow-inexact (the svd ones always on Conv1d layers); see docs/bank.md")
+    b.add_argument("--density", type=float, default=None,
+                   help="fraction of factor entries kept, for ties, dare and magnitude_prune")
+    b.add_argument("--allow-inexact", action="store_true",
+                   help="run a combination that is not the weighted sum of the updates (with a warning)")
+    b.add_argument("--seed", type=int, default=0, help="seed of dare's random drop (default: 0)")
+    b.add_argument("--model", type=Path, default=None,
+                   help="base model folder (default: the one the first voice's run.json names, else the shipped one)")
+    b.set_defaults(func=cmd_bank_merge)
 
     from tts_adapt.evaluate.sweep_config import SweepConfig
     from tts_adapt.quickstart import QUICKSTART_LAM

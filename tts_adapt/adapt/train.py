@@ -24,6 +24,7 @@ import torch
 from tts_adapt import __version__
 from tts_adapt.adapt.adapter import TARGET_NAME, add_target_speaker, save_adapter, target_conditioning
 from tts_adapt.adapt.adapt_config import AdaptConfig
+from tts_adapt.adapt.continual import adapter_fingerprint, load_init_adapter, read_init_adapter
 from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.clips import MAX_CLIPS, MIN_CLIPS, read_target_clips, split_heldout
 from tts_adapt.cache import cache_dir as default_cache_dir
@@ -119,7 +120,7 @@ def _check_same_run(state: dict | None, identity: dict, out: Path) -> None:
         return
     saved = json.loads(state["settings"]).get("identity", {})
     what = {"base_model": "base model", "curvature": "curvature file", "train_clips": "target clips",
-            "val_clips": "validation clips"}
+            "val_clips": "validation clips", "replay": "replay data", "init_adapter": "initial adapter"}
     changed = [what[k] for k in what if saved.get(k) != identity.get(k)]
     if changed:
         raise ValueError(f"{out / CHECKPOINT_DIR}: the interrupted run used another {', another '.join(changed)}; "
@@ -156,7 +157,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
           cache_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
           min_clips: int = MIN_CLIPS, max_clips: int | None = MAX_CLIPS,
           on_step: Callable[[int, int, dict], bool] | None = None, device: str | None = "auto",
-          precision: str = "fp32") -> dict:
+          precision: str = "fp32", replay_data: str | Path | None = None,
+          init_adapter: str | Path | None = None) -> dict:
     """Fine-tune LoRA on the target clips; returns the run record (also written to ``out/run.json``).
 
     ``stop_after`` ends this call after that many steps, leaving a resumable
@@ -174,6 +176,13 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     ``device`` (a ``--device`` value: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) and ``precision``
     (``fp32``, ``bf16``, ``fp16``; the penalty stays fp32) say where and how the adapter trains; a run may
     resume on another device. The adapter's files are the same wherever it was trained.
+
+    ``replay_data`` is the base model's pretraining corpus (the folder ``fit-curvature --data`` reads) for a
+    strategy that replays its utterances (``needs_replay_data``: ilora); such a strategy refuses to run without.
+
+    ``init_adapter`` is an adapter folder of the same base model, rank, alpha and target layers to continue from:
+    its LoRA weights are loaded after the strategy wraps the model (:mod:`tts_adapt.adapt.continual`; the target
+    keeps its own conditioning, penalties stay anchored at the base model).
     """
     if max_clips is not None and max_clips < min_clips:
         raise ValueError(f"max_clips ({max_clips}) is below min_clips ({min_clips})")
@@ -183,12 +192,18 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
             raise ValueError(f"strategy {config.strategy!r} needs --curvature FILE (fit it with tts-adapt "
                              f"fit-curvature --method {strategy_cls.curvature_method})")
         method = read_header(curvature).get("method")
-        if method != strategy_cls.curvature_method:
+        if method not in strategy_cls.curvature_methods:
             raise ValueError(f"{curvature}: a {method} curvature file; strategy {config.strategy!r} needs a "
-                             f"{strategy_cls.curvature_method} one (tts-adapt fit-curvature --method "
+                             f"{' or '.join(strategy_cls.curvature_methods)} one (tts-adapt fit-curvature --method "
                              f"{strategy_cls.curvature_method})")
     elif curvature is not None:
         log.warning("strategy %s does not use the curvature file %s", config.strategy, curvature)
+    if strategy_cls.needs_replay_data and replay_data is None:
+        raise ValueError(f"strategy {config.strategy!r} needs --replay-data DIR: the base model's pretraining corpus "
+                         "(e.g. work/corpus, built by tts-adapt quickstart), whose utterances it replays")
+    if replay_data is not None and not strategy_cls.needs_replay_data:
+        log.warning("strategy %s replays no pretraining utterances; --replay-data %s is not used", config.strategy,
+                    replay_data)
     out = Path(out)
     t0 = time.time()
     device = resolve_device(device)
@@ -197,7 +212,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
     created = _check_writable(out)
     try:
         run = _adapt(target_dir, out, model, config, strategy_cls, curvature, targets, state, val_dir, cache_dir,
-                     progress, stop_after, min_clips, max_clips, on_step, t0, device, precision)
+                     progress, stop_after, min_clips, max_clips, on_step, t0, device, precision, replay_data,
+                     init_adapter)
         if created and run.get("status") == "cancelled":
             shutil.rmtree(out, ignore_errors=True)
         return run
@@ -209,7 +225,8 @@ def adapt(target_dir: str | Path, out: str | Path, model: str | Path | None = No
 
 
 def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curvature, targets, state, val_dir,
-           cache_dir, progress, stop_after, min_clips, max_clips, on_step, t0, device, precision) -> dict:
+           cache_dir, progress, stop_after, min_clips, max_clips, on_step, t0, device, precision,
+           replay_data=None, init_adapter=None) -> dict:
     model_dir = Path(model) if model else default_model_dir()
     backend = TTSBackend.from_pretrained(model_dir)
     base_fingerprint = backend.fingerprint()
@@ -225,6 +242,17 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
     identity = {"base_model": base_fingerprint, "train_clips": clips_fingerprint(train_clips),
                 "val_clips": clips_fingerprint(val_clips),
                 "curvature": file_fingerprint(curvature) if strategy_cls.needs_curvature else None}
+    init = None
+    if init_adapter is not None:  # checked against the base model before the target joins its speakers
+        init = read_init_adapter(init_adapter, backend)
+        identity["init_adapter"] = adapter_fingerprint(init.path)
+    replay = None
+    if strategy_cls.needs_replay_data:  # before the target joins the speakers: the pool may add speakers
+        from tts_adapt.adapt.replay import read_replay_pool
+
+        replay = read_replay_pool(replay_data, backend, num_utterances=config.replay_pool, seed=config.seed,
+                                  cache_dir=default_cache_dir(cache_dir), progress=progress)
+        identity["replay"] = replay.fingerprint
     _check_same_run(state, identity, out)
 
     curv = None
@@ -243,7 +271,10 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
 
     targets = targets or (list(curv.targets) if curv is not None else backend.lora_targets())
     strategy = strategy_cls.from_config(config, curv)
+    if replay is not None:
+        strategy.use_replay(replay)
     strategy.wrap(backend.model, targets, trainable_rows)
+    loaded = load_init_adapter(strategy.model, init, targets, config.rank, config.alpha) if init else None
     backend.to(device)  # after wrapping: the LoRA weights move with the layers they belong to
     params = strategy.trainable_parameters()
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, weight_decay=0.0)
@@ -281,6 +312,7 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
     run = {
         "tts_adapt_version": __version__, "base_model": str(model_dir), "config": config.to_dict(),
         "curvature": str(curvature) if curvature else None, "targets": list(targets),
+        "replay_data": str(replay_data) if replay is not None else None,
         "target_dir": str(target_dir), "train_clips": len(feats), "val_clips": len(val_feats),
         "train_seconds_of_audio": round(sum(f.mel.shape[0] for f in feats) * backend.audio.hop_length
                                         / backend.audio.sample_rate, 1),
@@ -288,6 +320,8 @@ def _adapt(target_dir, out: Path, model, config: AdaptConfig, strategy_cls, curv
         "curve": curve.rows, "wall_seconds": round(time.time() - t0, 1), "input_report": report.summary(),
         "trainable_parameters": sum(p.numel() for p in params.values()),
         "device": device.type, "precision": precision,
+        "init_adapter": loaded.to_dict() if loaded is not None else None,
+        **strategy.run_record(),  # the strategy's own entries (selective: its active blocks)
     }
     save_adapter(out, strategy.model, d_vec, _finite_or_none(run), base_fingerprint=base_fingerprint,
                  targets=targets)

@@ -16,6 +16,7 @@ _EXPORTS = {
     "Curvature": "storage", "CurvatureFileError": "storage", "CurvatureLayer": "storage",
     "CurvatureMismatchError": "storage", "read_header": "storage",
     "fit_curvature_file": "run",
+    "LoraPoint": "lora_params", "fit_lora_curvature": "lora_params",
 }
 __all__ = list(_EXPORTS)
 

@@ -75,7 +75,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from tts_adapt.curvature.curvature_config import CurvatureMethod, FisherType
+from tts_adapt.curvature.curvature_config import LORA_METHODS, CurvatureMethod, FisherType
 from tts_adapt.curvature.hooks import (
     LayerCall,
     LinearMap,
@@ -185,6 +185,9 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
     The returned curvature is on the CPU.
     """
     method = _option(CurvatureMethod, method, "curvature method")
+    if method.value in LORA_METHODS:
+        raise ValueError(f"{method.value} is the curvature of LoRA factors at a LoRA point: fit it with "
+                         "tts_adapt.curvature.lora_params.fit_lora_curvature (or fit_curvature_file with a lora_point)")
     fisher = _option(FisherType, fisher, "Fisher type")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")

@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 from tts_adapt.cache import cache_dir as default_cache_dir
+from tts_adapt.curvature.curvature_config import LORA_METHODS
 from tts_adapt.curvature.fit import FitState, fit_curvature
+from tts_adapt.curvature.lora_params import LoraPointMaker, fit_lora_curvature
 from tts_adapt.curvature.storage import Curvature
 from tts_adapt.distributed import init_distributed, process_device
 
@@ -64,10 +67,14 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
                        num_utterances: int | None = 1000, batch_size: int = 8, seed: int = 0,
                        layout: str = "auto", cache_dir: str | Path | None = None, workers: int = 1,
                        progress: bool = True, device: str | None = "auto",
-                       loader_workers: int = 0) -> tuple[Curvature, dict]:
+                       loader_workers: int = 0, lora_point: LoraPointMaker | None = None) -> tuple[Curvature, dict]:
     """Fit and save; returns (curvature, timing summary). ``workers`` processes read the data and extract
     features, ``loader_workers`` collate batches ahead of the fit (0: in this process); ``device`` is a
-    ``--device`` value (see :func:`tts_adapt.device.resolve_device`)."""
+    ``--device`` value (see :func:`tts_adapt.device.resolve_device`). The lalora-* methods need ``lora_point``,
+    the LoRA setup and point to fit at (:mod:`tts_adapt.curvature.lora_params`)."""
+    if (method in LORA_METHODS) != (lora_point is not None):
+        raise ValueError(f"the {method} curvature needs a LoRA point (the lalora-* methods, and only they)"
+                         if lora_point is None else f"a LoRA point applies to the lalora-* methods, not {method!r}")
     from tts_adapt.data.readers import read_dataset
     from tts_adapt.models.base import TTSBackend
     from tts_adapt.models.synthesis import default_model_dir
@@ -100,9 +107,10 @@ def fit_curvature_file(model: str | Path | None, data: str | Path, out: str | Pa
     t0 = time.time()
     curvature = None
     while curvature is None:
-        curvature = fit_curvature(backend, features, method=method, fisher=fisher, targets=targets,
-                                  batch_size=batch_size, progress=progress and rank == 0, state=state, seed=seed,
-                                  max_batches=SAVE_EVERY_BATCHES * world, workers=loader_workers)
+        fit = partial(fit_lora_curvature, lora_point=lora_point) if lora_point is not None else fit_curvature
+        curvature = fit(backend, features, method=method, fisher=fisher, targets=targets,
+                        batch_size=batch_size, progress=progress and rank == 0, state=state, seed=seed,
+                        max_batches=SAVE_EVERY_BATCHES * world, workers=loader_workers)
         if curvature is None:
             state.save(state_path)
     seconds = time.time() - t0

@@ -11,6 +11,9 @@ ekfac      as kfac, plus ``<layer>.QA`` (in, in) and ``<layer>.QG`` (out, out) (
            in columns), ``<layer>.eigA`` (in,), ``<layer>.eigG`` (out,) (their eigenvalues) and
            ``<layer>.S`` (out, in), the re-fitted scalings in that eigenbasis
 diag       ``<layer>.diag`` (out, in)
+lalora-*   as kfac (lalora-kfac) or diag (lalora-diag) for the layers ``<map>.lora_A`` (r, in) and
+           ``<map>.lora_B`` (out, r), the LoRA factors of each linear map, plus ``<layer>.mean``
+           (that factor's value at the fit: the Laplace mean, where the adaptation starts)
 =========  ==========================================================================
 
 Their normalisation is written down in :mod:`tts_adapt.curvature.fit` (and in the file's
@@ -30,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tts_adapt import __version__
+from tts_adapt.curvature.curvature_config import LORA_METHODS
 from tts_adapt.curvature.hooks import LinearMap, UnsupportedLayerError, linear_maps
 from tts_adapt.io import atomic_path
 
@@ -40,7 +44,12 @@ TENSORS = {
     "kfac": ("A", "G"),
     "ekfac": ("A", "G", "QA", "QG", "eigA", "eigG", "S"),
     "diag": ("diag",),
+    # LaLoRA (tts_adapt.curvature.lora_params): the layers are the LoRA factors "<map>.lora_A" / "<map>.lora_B"
+    "lalora-kfac": ("A", "G", "mean"),
+    "lalora-diag": ("diag", "mean"),
 }
+#: The kinds of layer of a LaLoRA curvature: the LoRA factors A (r, in) and B (out, r) of a linear map.
+LORA_FACTORS = ("lora_A", "lora_B")
 #: Symmetric factors: only the upper triangle goes to disk (half the bytes).
 SYMMETRIC = ("A", "G")
 PACKED = ".triu"
@@ -191,10 +200,10 @@ class Curvature:
             except UnsupportedLayerError as err:
                 maps, differences = {}, [str(err)]
             for layer in self.layers if maps else []:
-                m = maps.get(layer.name)
+                m = maps.get(layer.name.rsplit(".", 1)[0] if layer.kind in LORA_FACTORS else layer.name)
                 if m is None:
                     differences.append(f"the model has no layer {layer.name!r}")
-                elif m.shape != layer.shape:
+                elif not _fits(layer, m):
                     differences.append(f"{layer.param} is {m.shape} in the model (as out x in), "
                                        f"{layer.shape} in the curvature")
         if differences:
@@ -229,7 +238,23 @@ def read_header(path: str | Path) -> dict:
     return meta
 
 
+def _fits(layer: CurvatureLayer, m: LinearMap) -> bool:
+    """Whether a layer of a curvature has the shape of the model's linear map ``m``; a LoRA factor (LaLoRA) the
+    side it shares with it (A: the inputs, B: the outputs)."""
+    if layer.kind == "lora_A":
+        return layer.in_features == m.in_features
+    if layer.kind == "lora_B":
+        return layer.out_features == m.out_features
+    return m.shape == layer.shape
+
+
+def serves(method: str, wanted: str) -> bool:
+    """Whether a curvature file of ``method`` holds what a strategy needing a ``wanted`` one reads (an EK-FAC file
+    holds the K-FAC factors; a LaLoRA file's statistics are of other layers, the LoRA factors)."""
+    return (method in LORA_METHODS) == (wanted in LORA_METHODS) and set(TENSORS[wanted]) <= set(TENSORS[method])
+
+
 def _tensor_shape(kind: str, layer: CurvatureLayer) -> tuple[int, ...]:
     out, inp = layer.out_features, layer.in_features
     return {"A": (inp, inp), "G": (out, out), "QA": (inp, inp), "QG": (out, out), "eigA": (inp,), "eigG": (out,),
-            "S": (out, inp), "diag": (out, inp)}[kind]
+            "S": (out, inp), "diag": (out, inp), "mean": (out, inp)}[kind]

@@ -34,6 +34,7 @@ from tts_adapt.evaluate.model_card import training_steps
 log = logging.getLogger(__name__)
 DEFAULT_ADAPTERS = Path("work") / "adapters"
 DEFAULT_CURVATURE = Path("work") / "kfac.safetensors"
+DEFAULT_REPLAY_DATA = Path("work") / "corpus"  # the embedded corpus quickstart builds: what ilora replays
 MAX_SLOTS = 8  # models side by side: the base model and up to seven adapters
 MIN_CLIPS, MAX_CLIPS = 5, 50
 PROMPTS = 50
@@ -281,7 +282,8 @@ class DemoService:
     def __init__(self, model: str | Path | None = None, adapters: str | Path = DEFAULT_ADAPTERS,
                  curvature: list[str | Path] | None = None, *, min_clips: int = MIN_CLIPS,
                  max_clips: int = MAX_CLIPS, max_steps: int = 1000, preload: bool = True,
-                 vocoder: str | Path | None = None, device: str | None = "auto"):
+                 vocoder: str | Path | None = None, device: str | None = "auto",
+                 replay_data: str | Path | None = DEFAULT_REPLAY_DATA):
         self.bank = AdapterBank(adapters)
         for stale in self.bank.remove_stale_staging():
             log.warning("removed %s, left by an interrupted clone run", stale)
@@ -289,6 +291,7 @@ class DemoService:
         if preload:
             self.models.preload()
         self.curvature = [Path(p) for p in (curvature if curvature is not None else [DEFAULT_CURVATURE])]
+        self.replay_data = Path(replay_data) if replay_data else None
         self.min_clips, self.max_clips, self.max_steps = min_clips, max_clips, max_steps
         self.jobs = CloneQueue(self.bank, self.models.model_dir, device=device)
         self._prompts: list[str] | None = None
@@ -351,7 +354,20 @@ class DemoService:
 
     # ------------------------------------------------------------------ cloning
     def curvature_status(self, strategy: str) -> str:
+        if get_strategy(strategy).needs_replay_data:
+            return self.replay_status()[1]
         return curvature_for(strategy, self.curvature)[1]
+
+    def replay_status(self) -> tuple[Path | None, str]:
+        """The pretraining corpus a replaying strategy (ilora) can replay, and a sentence for the user;
+        ``(None, why)`` when the demo has none."""
+        data = self.replay_data
+        if data is not None and (data / "manifest.csv").is_file():
+            return data, f"replays pretraining utterances of {data}."
+        where = data if data is not None else "(no --replay-data given)"
+        return None, (f"strategy ilora replays the base model's pretraining utterances and found no corpus in "
+                      f"{where}: run 'tts-adapt quickstart' (it builds work/corpus), or start the demo with "
+                      "--replay-data CORPUS.")
 
     def start_clone(self, files, rows, recordings, name, strategy, lam, rank, steps, owner: str = ""):
         """Check the clips and settings, write the clips into a fresh staging folder and queue the run."""
@@ -368,6 +384,9 @@ class DemoService:
         curvature, why = curvature_for(strategy, self.curvature)
         if get_strategy(strategy).needs_curvature and curvature is None:
             raise ValueError(why)
+        replay_data, why = self.replay_status()
+        if get_strategy(strategy).needs_replay_data and replay_data is None:
+            raise ValueError(why)
         clips = check_clips(clips_from_upload(files or [], rows, recordings), self.sample_rate,
                             min_clips=self.min_clips, max_clips=self.max_clips)
         staging = self.bank.staging()
@@ -376,7 +395,8 @@ class DemoService:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return self.jobs.submit(CloneRequest(name, clips_dir, staging, config, curvature, self.min_clips, owner))
+        return self.jobs.submit(CloneRequest(name, clips_dir, staging, config, curvature, self.min_clips, owner,
+                                             replay_data if get_strategy(strategy).needs_replay_data else None))
 
     def cancel(self, owner: str = "") -> str:
         jobs = self.jobs.cancel(owner)

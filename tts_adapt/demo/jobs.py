@@ -19,7 +19,7 @@ from tts_adapt.adapt.adapter import Adapter
 from tts_adapt.adapt.adapt_config import AdaptConfig
 from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.train import adapt
-from tts_adapt.curvature.storage import TENSORS, CurvatureFileError, read_header
+from tts_adapt.curvature.storage import TENSORS, CurvatureFileError, read_header, serves
 from tts_adapt.demo.bank import AdapterBank
 from tts_adapt.io import write_json_atomic
 
@@ -35,6 +35,7 @@ class CloneRequest:
     curvature: Path | None
     min_clips: int
     owner: str = ""  # the session that asked (cancel finds its runs by it)
+    replay_data: Path | None = None  # pretraining corpus a replaying strategy (ilora) replays
 
 
 class CloneJob:
@@ -150,7 +151,7 @@ class CloneQueue:
         out = req.staging / "adapter"
         run = adapt(req.clips_dir, out, self.model_dir, req.config, curvature=req.curvature,
                     cache_dir=req.staging / "features", progress=False, min_clips=req.min_clips, on_step=on_step,
-                    device=self.device)
+                    device=self.device, replay_data=req.replay_data)
         if run["stopped"] == "cancelled" or job.cancel_requested:
             return "cancelled", f"cancelled at step {run['steps']}; nothing was saved"
         # the clips are deleted with the staging folder: run.json says where they came from instead
@@ -168,7 +169,8 @@ def curvature_for(strategy: str, paths: list[Path]) -> tuple[Path | None, str]:
     if not get_strategy(strategy).needs_curvature:
         return None, f"strategy {strategy} needs no curvature file."
     # a file of a richer method serves too (an EK-FAC file holds the K-FAC factors)
-    wanted = tuple(m for m in TENSORS if set(TENSORS[strategy]) <= set(TENSORS[m]))
+    own = get_strategy(strategy).curvature_methods
+    wanted = tuple(m for m in TENSORS if any(serves(m, o) for o in own))
     candidates = []
     for p in paths:
         candidates += sorted(p.glob("*.safetensors")) if p.is_dir() else [p]

@@ -29,8 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from tts_adapt.adapt.adapt_config import AdaptConfig
+from tts_adapt.adapt.continual import adapter_fingerprint
 from tts_adapt.adapt.strategies import get_strategy
+from tts_adapt.adapt.strategies.lalora import LoraPointBuilder
 from tts_adapt.adapt.train import adapt
+from tts_adapt.curvature.curvature_config import LORA_METHODS
 from tts_adapt.curvature.run import fit_curvature_file
 from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
 from tts_adapt.data.corpus.manifest import choose_target
@@ -58,27 +61,33 @@ def cell_folder(out: Path, name: str, seed: int, config: SweepConfig) -> Path:
 
 
 def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo, *,
-               device: str | None = "auto", precision: str = "fp32") -> dict:
+               device: str | None = "auto", precision: str = "fp32", replay_data: str | Path | None = None,
+               init_adapter: Path | None = None) -> dict:
     """A finished adapter in ``folder`` with these settings, else adapt (resuming an interrupted run) on
-    ``device`` at ``precision``."""
+    ``device`` at ``precision``; ``init_adapter``: continue from that adapter (a finished one counts only when it
+    started from the same weights)."""
     run_json = folder / "run.json"
     if run_json.is_file():
         run = json.loads(run_json.read_text(encoding="utf-8"))
+        started = (run.get("init_adapter") or {}).get("fingerprint")
         if run.get("config") == cfg.to_dict() and run.get("base_model") == str(model_dir) \
-                and run.get("target_dir") == str(clips_dir):
+                and run.get("target_dir") == str(clips_dir) \
+                and started == (adapter_fingerprint(init_adapter) if init_adapter is not None else None):
             return run
         echo(f"      {folder}: settings changed, adapting again")
         shutil.rmtree(folder)
     resume = (folder / "checkpoint" / "state.pt").is_file()
     # every clip of the folder: the sweep chose their number (config.clips) or the user did (--target-dir)
     return adapt(clips_dir, folder, model_dir, cfg, curvature=curvature, resume=resume, progress=progress,
-                 max_clips=None, device=device, precision=precision)
+                 max_clips=None, device=device, precision=precision, replay_data=replay_data,
+                 init_adapter=init_adapter)
 
 
 def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str | Path | None = None,
               data: str | Path | None = None, layout: str = "auto", target_speaker: str | None = None,
               target_dir: str | Path | None = None, heldout_dir: str | Path | None = None,
-              curvature_data: str | Path | None = None, cache_dir: str | Path | None = None,
+              curvature_data: str | Path | None = None, replay_data: str | Path | None = None,
+              cache_dir: str | Path | None = None,
               publish: str | Path | None = None, progress: bool = True, echo=print, device: str | None = "auto",
               precision: str = "fp32") -> dict:
     """Adapt and evaluate every (strategy, λ) of ``config``; write table.csv / table.md / pareto.png /
@@ -87,7 +96,9 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     ``data``: the dataset of old and unseen speakers (and of the target unless ``target_dir`` is given);
     ``target_dir`` / ``heldout_dir``: the user's own adaptation and held-out clips of the target;
     ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot;
-    ``device`` and ``precision``: where and how adaptations, curvature fits and evaluations run.
+    ``device`` and ``precision``: where and how adaptations, curvature fits and evaluations run;
+    ``replay_data``: the pretraining utterances a replaying strategy (ilora) replays (default: ``curvature_data``,
+    else ``data``).
     """
     config = config or SweepConfig()  # (not a default argument: building one imports PyTorch)
     out = Path(out)
@@ -110,14 +121,14 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         clips_dir, heldout = prepared.clips_dir, prepared.heldout_dir
         echo(f"target {target_speaker}: {prepared.clips} adaptation clips, {prepared.heldout} held out ({out / 'target'})")
 
-    curvatures = {}
+    curvatures = ensure_curvatures(config, model_dir, backend, curvature_data or data, out / "curvature",
+                                   layout=layout, cache_dir=cache_dir, progress=progress, echo=echo, device=device)
     curvature_of = {s: get_strategy(s).curvature_method for s in config.strategies}
-    for method in sorted({m for m in curvature_of.values() if m}):
-        curvatures[method] = ensure_curvature(model_dir, backend, curvature_data or data, out / "curvature",
-                                              method, num_utterances=config.curvature_utterances,
-                                              seed=config.seed, layout=layout, cache_dir=cache_dir,
-                                              progress=progress, echo=echo, device=device)
 
+    replay = replay_data or curvature_data or data
+    if replay is None and any(get_strategy(s).needs_replay_data for s in config.strategies):
+        raise ValueError("strategy ilora replays pretraining utterances: give --replay-data (or --curvature-data, "
+                         "or --data with the pretraining speakers)")
     real, listeners = RealAudio(backend.audio.sample_rate), Listeners.full()
     runs = []
     cells = [(strategy, lam, seed) for strategy, lam in config.cells() for seed in config.adaptation_seeds()]
@@ -126,8 +137,10 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         folder = cell_folder(out, name, seed, config)
         cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr, seed=seed)
         echo(f"[{k}/{len(cells)}] {name}, seed {seed}")
-        run = adapt_cell(folder, clips_dir, model_dir, cfg, curvatures.get(curvature_of[strategy]),
-                         progress, echo, device=device, precision=precision)
+        curvature = curvatures.get((curvature_of[strategy], seed if curvature_of[strategy] in LORA_METHODS else None))
+        run = adapt_cell(folder, clips_dir, model_dir, cfg, curvature,
+                         progress, echo, device=device, precision=precision,
+                         replay_data=replay if get_strategy(strategy).needs_replay_data else None)
         report_file = folder / "eval" / "report.json"
         report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
         if report is None or report_file.stat().st_mtime < (folder / "run.json").stat().st_mtime \
@@ -147,18 +160,47 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     return summary
 
 
+def ensure_curvatures(config: SweepConfig, model_dir: Path, backend, data, folder: Path, *, layout: str, cache_dir,
+                      progress: bool, echo, device: str | None = "auto") -> dict:
+    """The curvature files ``config.strategies`` need, by (method, LoRA seed): fitted once into ``folder`` and
+    reused (:func:`ensure_curvature`). LaLoRA's Fisher holds at one LoRA initialisation: one file per adaptation
+    seed (key (method, seed)); the others' key is (method, None)."""
+    curvatures = {}
+    curvature_of = {s: get_strategy(s).curvature_method for s in config.strategies}
+    lora_seeds = {m: config.adaptation_seeds() if m in LORA_METHODS else [None] for m in curvature_of.values() if m}
+    for method in sorted(lora_seeds):
+        for lora_seed in lora_seeds[method]:
+            curvatures[method, lora_seed] = ensure_curvature(
+                model_dir, backend, data, folder, method,
+                num_utterances=config.curvature_utterances, seed=config.seed, layout=layout, cache_dir=cache_dir,
+                progress=progress, echo=echo, device=device,
+                lora_point=None if lora_seed is None else LoraPointBuilder(
+                    rank=config.rank, alpha=AdaptConfig.alpha, lora_seed=lora_seed, progress=progress))
+    return curvatures
+
+
+def curvature_for(curvatures: dict, strategy: str, seed: int) -> Path | None:
+    """The curvature file of ``strategy`` for adaptation seed ``seed`` among :func:`ensure_curvatures`' files."""
+    method = get_strategy(strategy).curvature_method
+    return curvatures.get((method, seed if method in LORA_METHODS else None))
+
+
 def _current(report: dict) -> bool:
     """Was the report written with today's measures (intervals on every figure)?"""
     return bool(report.get("rows")) and all("adapted_ci" in r for r in report["rows"])
 
 
 def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, *, num_utterances: int, seed: int,
-                     layout: str, cache_dir, progress: bool, echo, device: str | None = "auto") -> Path:
-    """``folder/<method>.safetensors``: reused when it matches the model, else fitted on ``num_utterances``."""
-    path = folder / f"{method}.safetensors"
+                     layout: str, cache_dir, progress: bool, echo, device: str | None = "auto",
+                     lora_point: LoraPointBuilder | None = None) -> Path:
+    """``folder/<method>.safetensors``: reused when it matches the model, else fitted on ``num_utterances``.
+    A LaLoRA method's (``lora_point``): ``folder/<method>-r<rank>-seed<seed>.safetensors``, for that LoRA setup."""
+    path = folder / (f"{method}.safetensors" if lora_point is None
+                     else f"{method}-r{lora_point.rank}-seed{lora_point.lora_seed}.safetensors")
     try:
-        Curvature.load(path, backend)
-        return path
+        found = Curvature.load(path, backend)
+        if lora_point is None or {k: found.info.get("lora", {}).get(k) for k in lora_point.setup} == lora_point.setup:
+            return path
     except (CurvatureFileError, CurvatureMismatchError, FileNotFoundError):
         pass
     if data is None:
@@ -166,7 +208,7 @@ def ensure_curvature(model_dir: Path, backend, data, folder: Path, method: str, 
     echo(f"fitting {method} curvature on {num_utterances} pretraining utterances -> {path}")
     path.unlink(missing_ok=True)
     fit_curvature_file(model_dir, data, path, method=method, num_utterances=num_utterances, seed=seed, layout=layout,
-                       cache_dir=cache_dir, progress=progress, device=device)
+                       cache_dir=cache_dir, progress=progress, device=device, lora_point=lora_point)
     return path
 
 
@@ -249,7 +291,7 @@ def outside_noise(a: dict, b: dict, column: str) -> bool:
 
 
 STRATEGY_LABELS = {"lora": "LoRA", "l2": "LoRA + L2", "diag": "LoRA + diagonal Fisher", "kfac": "LoRA + K-FAC",
-                   "ekfac": "LoRA + EK-FAC"}
+                   "ekfac": "LoRA + EK-FAC", "ilora": "I-LoRA (slow adapter + replay)"}
 
 
 def equal_learning(row: dict, lora: dict) -> bool:

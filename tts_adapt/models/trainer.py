@@ -10,6 +10,7 @@ strategies). One optimizer step::
     total.backward(); clip; optimizer.step(); scheduler.step()
                                               callbacks.on_after_optimizer_step(trainer)
     validation (every val_every steps and at the last step: best weights, early stopping)
+                                              inside callbacks.validation_weights(trainer)
                                               callbacks.on_train_batch_end(trainer, row, parts)  (False: cancel)
     checkpoint (every checkpoint_every steps and when the loop stops)
                                               callbacks.on_save_checkpoint(trainer)
@@ -29,6 +30,7 @@ step is taken by all processes together, and only rank 0 validates and writes fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -99,6 +101,11 @@ class Callback:
 
     def on_after_optimizer_step(self, trainer: "Trainer") -> None:
         """Right after ``optimizer.step()`` (``trainer.step`` not yet counted up)."""
+
+    def validation_weights(self, trainer: "Trainer") -> contextlib.AbstractContextManager:
+        """A context in which the loop validates (and remembers the best weights): the weights being trained
+        by default; e.g. an averaged copy swapped in for the duration."""
+        return contextlib.nullcontext()
 
     def on_train_batch_end(self, trainer: "Trainer", row: dict, parts: dict) -> bool | None:
         """After the step and its validation. ``row``: step, loss, each loss term, val_loss when
@@ -375,14 +382,18 @@ class Trainer:
                             pin_memory=self.device.type == "cuda")
 
     def _validate(self, row: dict) -> None:
-        """Validation loss into ``row``; best weights and the count of validations without improvement."""
-        row["val_loss"] = self.validate() if self.rank == 0 else float("nan")
-        if row["val_loss"] < self.best_val - self.config.min_improvement:
-            self.best_val, self.bad_validations, self.best_step = row["val_loss"], 0, self.step
-            if self.config.keep_best:
-                self.best = {k: p.detach().clone() for k, p in self.params.items()}
-        else:
-            self.bad_validations += 1
+        """Validation loss into ``row``; best weights and the count of validations without improvement, in the
+        callbacks' :meth:`Callback.validation_weights`."""
+        with contextlib.ExitStack() as weights:
+            for cb in self.callbacks:
+                weights.enter_context(cb.validation_weights(self))
+            row["val_loss"] = self.validate() if self.rank == 0 else float("nan")
+            if row["val_loss"] < self.best_val - self.config.min_improvement:
+                self.best_val, self.bad_validations, self.best_step = row["val_loss"], 0, self.step
+                if self.config.keep_best:
+                    self.best = {k: p.detach().clone() for k, p in self.params.items()}
+            else:
+                self.bad_validations += 1
 
     def _stop_reason(self, end: int, t_start: float, max_minutes: float | None) -> str | None:
         cfg = self.config

@@ -7,6 +7,9 @@ this package; a new method is one :class:`Strategy` subclass in one file, decora
 """
 
 from tts_adapt.adapt.strategies import penalties  # noqa: F401  (the built-in strategies register on import)
+from tts_adapt.adapt.strategies import lalora  # noqa: F401  (LaLoRA registers on import)
+from tts_adapt.adapt.strategies import selective  # noqa: F401  (selective LoRA registers on import)
+from tts_adapt.adapt.strategies import ilora  # noqa: F401  (I-LoRA registers on import)
 from tts_adapt.adapt.strategies.base import STRATEGIES, Strategy, get_strategy, register_strategy
 from tts_adapt.adapt.strategies.penalties import PenaltyStrategy
 

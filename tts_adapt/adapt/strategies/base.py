@@ -37,20 +37,27 @@ class Strategy(Callback):
     """Plain LoRA on the backend's target layers; subclasses change what differs.
 
     ``curvature_method`` names the curvature file a strategy needs (``fit-curvature --method``), None
-    for none; ``uses_lam`` says whether λ (``AdaptConfig.lam``) means anything to it, and ``default_lam``
-    is the λ of a run that does not set one. ``config`` carries the run's settings (λ, rank, seed, …).
+    for none; ``curvature_methods`` all it can read (default: that one); ``uses_lam`` says whether λ
+    (``AdaptConfig.lam``) means anything to it, and ``default_lam`` is the λ of a run that does not set one.
+    ``config`` carries the run's settings (λ, rank, seed, …).
     """
 
     name: ClassVar[str]
     curvature_method: ClassVar[str | None] = None
+    curvature_methods: ClassVar[tuple[str, ...]] = ()
     uses_lam: ClassVar[bool] = False
     default_lam: ClassVar[float] = 0.0
     needs_curvature: ClassVar[bool] = False
+    #: True for a strategy that replays pretraining utterances (``adapt(replay_data=...)``, ``--replay-data``); it
+    #: is given them by ``use_replay(pool)`` (:func:`tts_adapt.adapt.replay.read_replay_pool`) before ``wrap``
+    needs_replay_data: ClassVar[bool] = False
     state_key = "strategy"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.needs_curvature = cls.curvature_method is not None
+        if "curvature_methods" not in cls.__dict__:
+            cls.curvature_methods = (cls.curvature_method,) if cls.curvature_method else ()
 
     def __init__(self, curvature=None, *, damping: float = 0.0, config: AdaptConfig | None = None):
         if self.needs_curvature and curvature is None:
@@ -81,3 +88,7 @@ class Strategy(Callback):
 
     def before_save(self) -> None:
         """Make ``self.model``'s adapter the one to save (e.g. swap in a slow copy, drop unused blocks)."""
+
+    def run_record(self) -> dict:
+        """Entries the strategy adds to the run record (run.json), after :meth:`before_save`; none here."""
+        return {}

@@ -1,0 +1,102 @@
+"""Step time of the ilora strategy against plain LoRA, measured side by side through ``adapt()``.
+
+    python benchmarks/bench_strategy_ilora.py [--model tts_adapt/pretrained/base] [--corpus work/corpus]
+                                              [--target-dir work/target/clips] [--steps 12] [--rounds 3]
+
+Three runs of ``adapt()`` on the same target clips, interleaved round by round (so other jobs on the machine
+load them alike), each ``--steps`` steps long:
+
+* ``lora``: plain LoRA, ``--batch-size`` target clips per step;
+* ``lora+replay-size``: plain LoRA on batches as large as ilora's mixed ones (``--batch-size`` +
+  ``--replay-batch`` clips): what replay alone costs;
+* ``ilora``: ``--batch-size`` target clips + ``--replay-batch`` replayed pretraining utterances of
+  ``--corpus`` per step, the slow adapter's forward on the replayed rows, the consistency loss and the EMA.
+
+A step's time is the wall time between two ``on_step`` calls (forward, backward, optimizer step and every
+strategy hook); the first step of a run (warm-up) and the last (validation) are left out, and checkpoints are
+written only at the end. Printed: the median ms per step of each, and ilora's ratio to both LoRA runs. The
+goal is ilora <= 1.6 x LoRA with replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def step_times(target_dir: Path, model: Path, corpus: Path, config, out: Path, cache_dir: Path | None) -> list[float]:
+    """Seconds of each step of one ``adapt()`` run, without its first and last step."""
+    from tts_adapt.adapt.train import adapt
+
+    stamps: list[float] = []
+
+    def on_step(step: int, total: int, row: dict) -> bool:
+        stamps.append(time.perf_counter())
+        return True
+
+    adapt(target_dir, out, model, config, cache_dir=cache_dir, progress=False, on_step=on_step,
+          replay_data=corpus if config.strategy == "ilora" else None)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    return gaps[:-1]  # the last gap holds the final validation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=REPO / "tts_adapt" / "pretrained" / "base")
+    parser.add_argument("--corpus", type=Path, default=REPO / "work" / "corpus",
+                        help="the base model's pretraining corpus (what ilora replays)")
+    parser.add_argument("--target-dir", type=Path, default=REPO / "work" / "target" / "clips",
+                        help="target clips (wav + txt; default: the quickstart's)")
+    parser.add_argument("--steps", type=int, default=12, help="steps per run (default: 12)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--replay-batch", type=int, default=4)
+    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: the toolkit's)")
+    args = parser.parse_args(argv)
+    if args.steps < 4:
+        parser.error("--steps must be at least 4 (the first and last steps are not timed)")
+    for path, what in ((args.model, "--model"), (args.corpus, "--corpus"), (args.target_dir, "--target-dir")):
+        if not path.is_dir():
+            parser.error(f"{what} {path}: no such folder (the corpus and target clips come from tts-adapt quickstart)")
+
+    import torch
+
+    from tts_adapt.adapt.adapt_config import AdaptConfig
+
+    common = {"steps": args.steps, "val_every": args.steps, "checkpoint_every": args.steps, "patience": 1, "seed": 0}
+    configs = {
+        "lora": AdaptConfig(strategy="lora", batch_size=args.batch_size, **common),
+        "lora+replay-size": AdaptConfig(strategy="lora", batch_size=args.batch_size + args.replay_batch, **common),
+        "ilora": AdaptConfig(strategy="ilora", batch_size=args.batch_size, replay_batch=args.replay_batch, **common),
+    }
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory(prefix="bench-ilora-") as tmp:
+        for r in range(args.rounds):
+            for name, config in configs.items():
+                out = Path(tmp) / f"{name}-{r}"
+                times[name] += step_times(args.target_dir, args.model, args.corpus, config, out, args.cache_dir)
+                print(f"round {r + 1}/{args.rounds} {name}: median {1000 * statistics.median(times[name]):.0f} ms/step "
+                      f"so far", flush=True)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print()
+    print(f"{'run':<18} {'ms/step':>8} {'steps timed':>12}")
+    for name in configs:
+        print(f"{name:<18} {1000 * median[name]:>8.0f} {len(times[name]):>12}")
+    print()
+    print(f"ilora / lora               = {median['ilora'] / median['lora']:.2f}")
+    ratio = median["ilora"] / median["lora+replay-size"]
+    print(f"ilora / lora (replay size) = {ratio:.2f}  (goal <= 1.6: {'met' if ratio <= 1.6 else 'not met'})")
+    print(f"(batch {args.batch_size} target clips + {args.replay_batch} replayed; {args.steps} steps x {args.rounds} "
+          f"rounds, torch threads {torch.get_num_threads()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
