@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
 import soundfile as sf
 
-from tts_adapt.data.audio import load_audio
 from tts_adapt.io import write_text_atomic
 
 
@@ -44,6 +44,11 @@ def run_args(run: dict) -> argparse.Namespace:
         if args.get(key) not in (None, "None"):
             args[key] = Path(args[key])
     return argparse.Namespace(**args)
+
+
+def words(text: str) -> list[str]:
+    """The words of a sentence, as the recogniser's rows keep them (lower case, no punctuation)."""
+    return re.sub(r"[^a-z' ]+", " ", text.lower()).split()
 
 
 def choose(run: dict, items: list, engine: str, per_set: int) -> list[dict]:
@@ -67,9 +72,7 @@ def choose(run: dict, items: list, engine: str, per_set: int) -> list[dict]:
                     picked.append((i, model_row, rec_row))
                     speakers.add(items[i].speaker)
         for k, (i, model_row, rec_row) in enumerate(picked):
-            if model_row["reference"] != items[i].text.lower().strip(".?! ") and \
-                    items[i].text.lower() not in model_row["reference"] and \
-                    model_row["reference"] not in items[i].text.lower():
+            if words(model_row["reference"]) != words(items[i].text):
                 raise SystemExit(f"item {i}: the run's sentence {model_row['reference']!r} is not the planned "
                                  f"{items[i].text!r}; were the corpus folders changed since the run?")
             chosen.append({"set": f"{res['text_set']}, {res['voices']} voices", "slug":
@@ -108,7 +111,7 @@ def main() -> None:
         for path, name in ((model_wav, f"{ex['slug']}_model.ogg"), (Path(ex["recording"]), f"{ex['slug']}_recording.ogg")):
             if not path.is_file():
                 raise SystemExit(f"{path}: not found; was the run made with --wav-dir {args.wav_dir}?")
-            audio, sr = load_audio(path)
+            audio, sr = sf.read(str(path), dtype="float32")
             sf.write(args.out / name, audio, sr, format="OGG", subtype="VORBIS")
         lines.append(f"| {ex['set']} | {ex['speaker']} | {ex['text']} | [model]({ex['slug']}_model.ogg) | "
                      f"[recording]({ex['slug']}_recording.ogg) | {ex['model_heard']} ({ex['model_wer']:.2f}) | "

@@ -37,6 +37,8 @@ max_clips=100          # most adaptation clips used (the first ones of the prepa
 corpus_config=         # build the embedded corpus into --data first
 pretrain_config=       # pretrain a base model into <workdir>/base_model (stages 2-3); A.yaml,B.yaml: B starts
                        # from A's weights (tts-adapt pretrain --init-from <workdir>/base_model.1)
+pretrain_data=         # the corpus of each pretraining run, in the order of --pretrain-config (an empty entry: --data)
+extra_corpus=          # DIR=YAML: also build this embedded corpus in stage 1 (e.g. one a pretraining run reads)
 publish=               # also copy the sweep's table and plot into this folder
 headline_sweep=no      # yes: stage 7 is the embedded default's own sweep (its corpus in <workdir>/corpus, its grid)
 device=                # --device of every command that runs a model (auto, cpu, cuda, cuda:N, mps; default: auto)
@@ -66,6 +68,8 @@ while [[ $# -gt 0 ]]; do
     --max-clips) max_clips=$2 ;;
     --corpus-config) corpus_config=$2 ;;
     --pretrain-config) pretrain_config=$2 ;;
+    --pretrain-data) pretrain_data=$2 ;;
+    --extra-corpus) extra_corpus=$2 ;;
     --publish) publish=$2 ;;
     --headline-sweep) headline_sweep=$2 ;;
     --device) device=$2 ;;
@@ -117,6 +121,10 @@ if wanted 1 && ! done_marker data; then
     run corpus build --out "$data" --config "$corpus_config"
     run corpus check "$data" --plot "$data/speaker_similarity.png"
   fi
+  if [[ -n $extra_corpus ]]; then
+    log "stage 1: building the embedded corpus in ${extra_corpus%%=*}"
+    run corpus build --out "${extra_corpus%%=*}" --config "${extra_corpus#*=}"
+  fi
   checked=()
   for pair in "$data|$layout" "$eval_data|$eval_layout" "$curvature_data|$curvature_layout"; do
     d=${pair%|*} lay=${pair##*|}
@@ -138,12 +146,14 @@ fi
 if [[ -n $pretrain_config ]]; then
   if wanted 2 && ! done_marker pretrain; then
     IFS=, read -r -a pretrain_configs <<< "$pretrain_config"
+    IFS=, read -r -a pretrain_datas <<< "$pretrain_data"
     previous=
     for ((i = 0; i < ${#pretrain_configs[@]}; i++)); do
       out=$workdir/base_model
       ((i + 1 < ${#pretrain_configs[@]})) && out=$workdir/base_model.$((i + 1))
-      log "stage 2: pretraining into $out with ${pretrain_configs[i]}${previous:+, from the weights of $previous} (resumes if interrupted)"
-      run pretrain --data "$data" --out "$out" --config "${pretrain_configs[i]}" ${previous:+--init-from "$previous"} \
+      run_data=${pretrain_datas[i]:-$data}
+      log "stage 2: pretraining into $out on $run_data with ${pretrain_configs[i]}${previous:+, from the weights of $previous} (resumes if interrupted)"
+      run pretrain --data "$run_data" --out "$out" --config "${pretrain_configs[i]}" ${previous:+--init-from "$previous"} \
         "${train[@]}" || fail "pretraining failed"
       previous=$out
     done

@@ -259,7 +259,8 @@ def test_demo_recipe(tiny_corpus, tmp_path):
     workdir = tmp_path / "work"
     shutil.copytree(tiny_corpus, workdir / "corpus")
     # the tiny corpus's target speaker has 8 clips outside its own held-out split
-    args = ["--corpus-config", "", "--pretrain-config", f"{first},{second}", "--model", str(workdir / "base_model"),
+    args = ["--corpus-config", "", "--extra-corpus", "", "--pretrain-data", "",
+            "--pretrain-config", f"{first},{second}", "--model", str(workdir / "base_model"),
             *TINY, "--target-args", "--clips 8 --heldout 2",
             "--adapt-args", "--steps 2 --batch-size 4 --val-every 1 --checkpoint-every 1 --min-clips 8 -q"]
     check_run(run_recipe("demo", workdir, "--stop-stage", "6", *args))

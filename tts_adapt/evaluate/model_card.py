@@ -39,18 +39,27 @@ RECOGNISABLE_TARGET = 0.9
 DEFAULT_COMMANDS = [
     "# the corpus (configs/demo_corpus.yaml = the defaults)",
     "tts-adapt corpus build --out work/corpus",
-    "# pretraining: the shipped model's three runs, each from the previous one's weights (recipes/demo/run.sh",
+    "# pretraining: the shipped model's four runs, each from the previous one's weights (recipes/demo/run.sh",
     "# --stop-stage 2 runs them); configs/demo_pretrain.yaml trains a new model from scratch",
     "tts-adapt pretrain --data work/corpus --out work/base_model.1 --config configs/demo_pretrain_stage1.yaml",
     "tts-adapt pretrain --data work/corpus --out work/base_model.2 --config configs/demo_pretrain_stage2.yaml "
     "--init-from work/base_model.1",
-    "tts-adapt pretrain --data work/corpus --out work/base_model --config configs/demo_pretrain_stage3.yaml "
+    "tts-adapt pretrain --data work/corpus --out work/base_model.3 --config configs/demo_pretrain_stage3.yaml "
     "--init-from work/base_model.2",
+    "# the fourth on the same speakers reading diverse English (configs/demo_corpus_diverse.yaml)",
+    "tts-adapt corpus build --out work/corpus_diverse --config configs/demo_corpus_diverse.yaml",
+    "tts-adapt pretrain --data work/corpus_diverse --out work/base_model --config configs/demo_pretrain_stage4.yaml "
+    "--init-from work/base_model.3",
     "# the voice figures (all 8 held-out utterances per speaker) and this card; without --model: the shipped model",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval --per-speaker 8 --write-card",
     "# the same with the WORLD vocoder (voicing from the model's predicted pitch)",
     "tts-adapt evaluate --model work/base_model --data work/corpus --out work/base_eval_world --per-speaker 8 "
     "--vocoder world --write-card",
+    "# intelligibility (speech recognition), 13 sentences per voice and text set, each vocoder",
+    "python benchmarks/intelligibility.py --model work/base_model --corpus work/corpus --everyday work/corpus_diverse "
+    "--speakers 8 --unseen 6 --sentences 13 --vocoder griffin-lim --out work/base_model/intelligibility_griffinlim.json",
+    "python benchmarks/intelligibility.py --model work/base_model --corpus work/corpus --everyday work/corpus_diverse "
+    "--speakers 8 --unseen 6 --sentences 13 --vocoder world --out work/base_model/intelligibility_world.json",
     "# the pilot of candidate architectures",
     "python benchmarks/pilot_backends.py --corpus work/corpus --minutes 20",
 ]
