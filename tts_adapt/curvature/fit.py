@@ -224,7 +224,8 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
     loss_fn = _loss_function(backend, fisher)
     budget = max_batches
     bar = tqdm(total=len(plan) * len(phases), initial=min(state.phase, len(phases)) * len(plan) + state.batches_seen,
-               desc=f"fitting {method.value} curvature", unit="batch", disable=not progress or rank > 0)
+               desc=f"fitting {method.value} curvature", unit="batch", disable=not progress or rank > 0,
+               leave=max_batches is None)  # a caller that fits in slices (to save the state) shows one bar
     with _fitting(backend.model, weights), record_linear_maps(backend.model, targets) as recorder:
         while not state.done:
             phase = phases[state.phase]

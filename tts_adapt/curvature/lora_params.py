@@ -246,7 +246,7 @@ def _fit_diag(backend, features, maps: list[LinearMap], point: LoraPoint, fisher
     mine = [plan[i] for i in range(start, stop) if i % world == rank]
     batches = batch_stream(Collator(backend, features), mine, workers=workers, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(plan), initial=start, desc="fitting lalora-diag curvature", unit="batch",
-               disable=not progress or rank > 0)
+               disable=not progress or rank > 0, leave=max_batches is None)
     with _fitting(backend.model, weights), record_linear_maps(backend.model, targets) as recorder:
         for i in range(start, stop):
             if i % world == rank:
