@@ -193,12 +193,7 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be 0 or more, got {workers}")
-    if not features:
-        raise ValueError("no utterances to fit the curvature on")
-    targets = list(backend.lora_targets() if targets is None else targets)
-    if not targets:
-        raise ValueError("no target layers to fit the curvature of")
-    maps = linear_maps(backend.model, targets)
+    targets, maps = fit_targets(backend, features, targets)
     rank, world = dist_info()
     plan = batch_plan(features, batch_size)
     key = {"method": method.value, "fisher": fisher.value, "targets": targets, "batch_size": batch_size,
@@ -238,12 +233,8 @@ def fit_curvature(backend, features: Sequence, method: str = "kfac", fisher: str
             partial = {}  # the batches since state.batches_seen, summed in float32 (see the module doc)
             for i in range(start, stop):
                 if i % world == rank:
-                    batch = next(batches).to(device, non_blocking=device.type == "cuda")
-                    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i))
-                    if calls is None:
-                        log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the "
-                                    "curvature", ", ".join(_utt_ids(features, plan[i])), len(batch))
-                    else:
+                    batch, calls = record_planned_batch(backend, features, plan, i, batches, recorder, loss_fn, seed)
+                    if calls is not None:
                         stats = _statistics(phase, maps, calls, len(batch), state.results, finite=True)
                         if phase == "factors" and not _all_finite_diagonals(stats):
                             stats = _statistics(phase, maps, calls, len(batch), state.results, finite=False)
@@ -314,6 +305,30 @@ def token_mask(batch) -> torch.Tensor:
 
 def _batch_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+
+
+def fit_targets(backend, features: Sequence, targets: Sequence[str] | None) -> tuple[list[str], list[LinearMap]]:
+    """The target layers of a fit (default ``backend.lora_targets()``) and their linear maps, after refusing a
+    fit with no utterances or no layers."""
+    if not features:
+        raise ValueError("no utterances to fit the curvature on")
+    targets = list(backend.lora_targets() if targets is None else targets)
+    if not targets:
+        raise ValueError("no target layers to fit the curvature of")
+    return targets, linear_maps(backend.model, targets)
+
+
+def record_planned_batch(backend, features: Sequence, plan: list[list[int]], i: int, batches, recorder, loss_fn,
+                         seed: int):
+    """The next batch of ``batches`` (batch ``i`` of ``plan``) on the model's device, and its recorded layer
+    calls; None for the calls, with a warning naming its utterances, when its loss is not finite."""
+    device = backend.device
+    batch = next(batches).to(device, non_blocking=device.type == "cuda")
+    calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i))
+    if calls is None:
+        log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the curvature",
+                    ", ".join(_utt_ids(features, plan[i])), len(batch))
+    return batch, calls
 
 
 def _record_batch(backend, batch, recorder: LinearMapRecorder, loss_fn, generator):

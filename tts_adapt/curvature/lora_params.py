@@ -42,16 +42,15 @@ from tts_adapt.curvature.curvature_config import LORA_METHODS, CurvatureMethod, 
 from tts_adapt.curvature.fit import (
     UTTERANCES,
     FitState,
-    _batch_generator,
     _fitting,
     _loss_function,
-    _record_batch,
-    _utt_ids,
     batch_plan,
     data_fingerprint,
     fit_curvature,
+    fit_targets,
+    record_planned_batch,
 )
-from tts_adapt.curvature.hooks import LinearMap, linear_maps, record_linear_maps, weight_of
+from tts_adapt.curvature.hooks import LinearMap, record_linear_maps, weight_of
 from tts_adapt.curvature.storage import Curvature, CurvatureLayer
 from tts_adapt.distributed import all_reduce_sums, dist_info
 from tts_adapt.models.trainer import Collator, batch_stream
@@ -143,12 +142,7 @@ def fit_lora_curvature(backend, features: Sequence, lora_point: LoraPointMaker, 
     curvature (``lalora-kfac`` or ``lalora-diag``, on the CPU), or None while the fit is unfinished."""
     if method not in LORA_METHODS:
         raise ValueError(f"unknown LaLoRA curvature method {method!r}; valid: {', '.join(LORA_METHODS)}")
-    if not features:
-        raise ValueError("no utterances to fit the curvature on")
-    targets = list(backend.lora_targets() if targets is None else targets)
-    if not targets:
-        raise ValueError("no target layers to fit the curvature of")
-    maps = linear_maps(backend.model, targets)
+    targets, maps = fit_targets(backend, features, targets)
     base_fingerprint = backend.fingerprint(targets)  # of the base model, before the point is added
     state = FitState() if state is None else state
     point = _point_from_state(state, maps)
@@ -250,12 +244,8 @@ def _fit_diag(backend, features, maps: list[LinearMap], point: LoraPoint, fisher
     with _fitting(backend.model, weights), record_linear_maps(backend.model, targets) as recorder:
         for i in range(start, stop):
             if i % world == rank:
-                batch = next(batches).to(device, non_blocking=device.type == "cuda")
-                calls = _record_batch(backend, batch, recorder, loss_fn, _batch_generator(seed, i))
-                if calls is None:
-                    log.warning("non-finite loss on the batch of %s; its %d utterances are left out of the "
-                                "curvature", ", ".join(_utt_ids(features, plan[i])), len(batch))
-                else:
+                batch, calls = record_planned_batch(backend, features, plan, i, batches, recorder, loss_fn, seed)
+                if calls is not None:
                     sums[UTTERANCES] += len(batch)
                     for m in maps:
                         _add_diag(sums, m, calls[m.name], factors[m.name], point.scale)
