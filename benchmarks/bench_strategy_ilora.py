@@ -21,50 +21,20 @@ goal is ilora <= 1.6 x LoRA with replay.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def step_times(target_dir: Path, model: Path, corpus: Path, config, out: Path, cache_dir: Path | None) -> list[float]:
-    """Seconds of each step of one ``adapt()`` run, without its first and last step."""
-    from tts_adapt.adapt.train import adapt
-
-    stamps: list[float] = []
-
-    def on_step(step: int, total: int, row: dict) -> bool:
-        stamps.append(time.perf_counter())
-        return True
-
-    adapt(target_dir, out, model, config, cache_dir=cache_dir, progress=False, on_step=on_step,
-          replay_data=corpus if config.strategy == "ilora" else None)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return gaps[:-1]  # the last gap holds the final validation
+from strategy_timing import add_common_options, check_common_options, step_times
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "tts_adapt" / "pretrained" / "base")
-    parser.add_argument("--corpus", type=Path, default=REPO / "work" / "corpus",
-                        help="the base model's pretraining corpus (what ilora replays)")
-    parser.add_argument("--target-dir", type=Path, default=REPO / "work" / "target" / "clips",
-                        help="target clips (wav + txt; default: the quickstart's)")
-    parser.add_argument("--steps", type=int, default=12, help="steps per run (default: 12)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration (default: 3)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_common_options(parser, "the base model's pretraining corpus (what ilora replays)")
     parser.add_argument("--replay-batch", type=int, default=4)
-    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: the toolkit's)")
     args = parser.parse_args(argv)
-    if args.steps < 4:
-        parser.error("--steps must be at least 4 (the first and last steps are not timed)")
-    for path, what in ((args.model, "--model"), (args.corpus, "--corpus"), (args.target_dir, "--target-dir")):
-        if not path.is_dir():
-            parser.error(f"{what} {path}: no such folder (the corpus and target clips come from tts-adapt quickstart)")
+    check_common_options(parser, args)
 
     import torch
 
@@ -81,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for name, config in configs.items():
                 out = Path(tmp) / f"{name}-{r}"
-                times[name] += step_times(args.target_dir, args.model, args.corpus, config, out, args.cache_dir)
+                times[name] += step_times(args.target_dir, args.model, config, out, args.cache_dir,
+                                          replay_data=args.corpus if config.strategy == "ilora" else None)
                 print(f"round {r + 1}/{args.rounds} {name}: median {1000 * statistics.median(times[name]):.0f} ms/step "
                       f"so far", flush=True)
     median = {name: statistics.median(t) for name, t in times.items()}

@@ -19,51 +19,22 @@ end. Printed: the median ms per step of each and its ratio to plain LoRA. The go
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from strategy_timing import add_common_options, check_common_options, step_times
+
 GOAL = 1.1
-
-
-def step_times(target_dir: Path, model: Path, config, curvature: Path | None, out: Path,
-               cache_dir: Path | None) -> list[float]:
-    """Seconds of each step of one ``adapt()`` run, without its first and last step."""
-    from tts_adapt.adapt.train import adapt
-
-    stamps: list[float] = []
-
-    def on_step(step: int, total: int, row: dict) -> bool:
-        stamps.append(time.perf_counter())
-        return True
-
-    adapt(target_dir, out, model, config, curvature=curvature, cache_dir=cache_dir, progress=False, on_step=on_step)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return gaps[:-1]  # the last gap holds the final validation
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=REPO / "tts_adapt" / "pretrained" / "base")
-    parser.add_argument("--corpus", type=Path, default=REPO / "work" / "corpus",
-                        help="the base model's pretraining corpus (the curvature's data)")
-    parser.add_argument("--target-dir", type=Path, default=REPO / "work" / "target" / "clips",
-                        help="target clips (wav + txt; default: the quickstart's)")
-    parser.add_argument("--steps", type=int, default=12, help="steps per run (default: 12)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each configuration (default: 3)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_common_options(parser, "the base model's pretraining corpus (the curvature's data)")
     parser.add_argument("--fit-utterances", type=int, default=32, help="pretraining utterances of the fits")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: the toolkit's)")
     args = parser.parse_args(argv)
-    if args.steps < 4:
-        parser.error("--steps must be at least 4 (the first and last steps are not timed)")
-    for path, what in ((args.model, "--model"), (args.corpus, "--corpus"), (args.target_dir, "--target-dir")):
-        if not path.is_dir():
-            parser.error(f"{what} {path}: no such folder (the corpus and target clips come from tts-adapt quickstart)")
+    check_common_options(parser, args)
 
     import torch
 
@@ -92,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for name, (config, curvature) in runs.items():
                 out = Path(tmp) / f"{name}-{r}"
-                times[name] += step_times(args.target_dir, args.model, config, curvature, out, args.cache_dir)
+                times[name] += step_times(args.target_dir, args.model, config, out, args.cache_dir,
+                                          curvature=curvature)
                 print(f"round {r + 1}/{args.rounds} {name}: median {1000 * statistics.median(times[name]):.0f} "
                       "ms/step so far", flush=True)
     median = {name: statistics.median(t) for name, t in times.items()}
