@@ -222,6 +222,83 @@ def test_sweep_config_reads_comma_separated_lists_and_rejects_unknown_strategies
         SweepConfig(lams="1,x")
 
 
+def test_lams_default_stands_for_each_strategys_own_lambda():
+    from tts_adapt.adapt.strategies import get_strategy
+
+    c = SweepConfig(strategies="lora,kfac,lalora,l2,selective", lams="default")
+    assert c.cells() == [("lora", 0.0), ("selective", 0.0), ("kfac", get_strategy("kfac").default_lam),
+                         ("lalora", get_strategy("lalora").default_lam), ("l2", get_strategy("l2").default_lam)]
+    # next to numbers: both, each λ once (a number equal to the default is one cell, not two)
+    both = SweepConfig(strategies="kfac", lams=f"default, 10, {get_strategy('kfac').default_lam:g}")
+    assert both.cells() == [("kfac", 10.0), ("kfac", get_strategy("kfac").default_lam)]
+    with pytest.raises(ValueError, match="each λ once"):
+        SweepConfig(lams="default,DEFAULT")
+    with pytest.raises(ValueError, match="could not read"):
+        SweepConfig(lams="defaults")
+
+
+def _target_runs(strategy, lam, by_target: dict) -> list[dict]:
+    return [{**_row(strategy, lam, 0.7, 8.0, d), "cell": f"{strategy}{lam}", "target": t, "seed": k}
+            for t, dmcds in by_target.items() for k, d in enumerate(dmcds)]
+
+
+def test_lines_pooled_over_targets_judge_a_strategy_on_the_difference_paired_by_target_and_seed():
+    # the targets differ far more than the strategies do: unpaired, K-FAC's 0.3 dB less would be inside the noise
+    lora = {"a": [1.0, 1.1, 1.2], "b": [3.0, 3.1, 3.2], "c": [5.0, 5.2, 5.1]}
+    kfac = {t: [d - 0.3 + 0.02 * k for k, d in enumerate(v)] for t, v in lora.items()}
+    diag = {t: [d + (0.3 if k == 0 else -0.3) for k, d in enumerate(v)] for t, v in lora.items()}  # no change
+    runs = _target_runs("lora", 0, lora) + _target_runs("kfac", 10, kfac) + _target_runs("diag", 10, diag)
+    rows = aggregate(runs)
+    assert [(r["seeds"], r["targets"], r["runs"]) for r in rows] == [(3, 3, 9)] * 3
+    assert not outside_noise(rows[1], rows[0], "old_dmcd")  # unpaired: the spread over targets hides it
+    config = SweepConfig(strategies=("lora", "kfac", "diag"), lams=(10,), seeds=(0, 1, 2))
+    best = summarise(rows, config, 1.0, runs=runs)["headline"]["best_at_equal_learning"]
+    assert best["kfac"]["old_dmcd_difference"]["pairs"] == 9
+    assert best["kfac"]["old_dmcd_difference"]["mean"] == pytest.approx(-0.28)
+    assert best["kfac"]["outside_noise"] and not best["diag"]["outside_noise"]
+    md = to_markdown(rows, summarise(rows, config, 1.0, runs=runs))
+    assert "| targets |" in md and "9 runs (3 target voices × 3 adaptation seeds)" in md
+    assert "paired difference -0.28 ± " in md and "inside the noise: a tie" in md
+
+
+def test_a_sweep_over_several_targets_sweeps_each_in_its_folder_and_pools_them(tmp_path, monkeypatch):
+    from tts_adapt.evaluate import sweep as sweep_module
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manifest.csv").write_text("id,speaker,speaker_set\nu1,es01f1,target\nu2,fl00slt,target\n"
+                                         "u3,p1,pretrain\n")
+    calls = []
+
+    def fake_cells(out, config, *, target_speaker, curvature_dir=None, **kwargs):
+        calls.append((out, target_speaker, curvature_dir))
+        shift = {"fl00slt": 0.0, "es01f1": 2.0}[target_speaker]
+        return [{**_row("lora", 0, 0.7, 8.0, 2.0 + shift + 0.1 * seed), "cell": "lora", "seed": seed}
+                for seed in (0, 1)] + \
+               [{**_row("kfac", 10, 0.7, 8.0, 1.0 + shift + 0.1 * seed), "cell": "kfac_lam10", "seed": seed}
+                for seed in (0, 1)]
+
+    monkeypatch.setattr(sweep_module, "sweep_cells", fake_cells)
+    out, publish = tmp_path / "sweep", tmp_path / "docs"
+    config = SweepConfig(strategies=("lora", "kfac"), lams=(10,), seeds=(0, 1))
+    summary = run_sweep(out, config, data=corpus, target_speaker="all", publish=publish, echo=lambda *a: None)
+    # the corpus's slt voice first, as choose_target has it; one curvature folder for every target
+    assert [(c[0], c[1], c[2]) for c in calls] == [(out / "fl00slt", "fl00slt", out / "curvature"),
+                                                   (out / "es01f1", "es01f1", out / "curvature")]
+    assert summary["targets"] == ["fl00slt", "es01f1"]
+    assert [(r["cell"], r["runs"], r["targets"]) for r in summary["cells"]] == [("lora", 4, 2), ("kfac_lam10", 4, 2)]
+    best = summary["headline"]["best_at_equal_learning"]["kfac"]
+    assert best["old_dmcd_difference"]["mean"] == pytest.approx(-1.0) and best["outside_noise"]
+    with open(out / "runs.csv", newline="") as fh:
+        assert {r["target"] for r in csv.DictReader(fh)} == {"fl00slt", "es01f1"}
+    for folder in (out, out / "fl00slt", out / "es01f1", publish):
+        assert (folder / "table.md").is_file() and (folder / "pareto.png").is_file()
+    assert "2 target voices" in (publish / "table.md").read_text()
+    assert "target voices" not in (out / "es01f1" / "table.md").read_text()  # one target's own table
+    with pytest.raises(ValueError, match="each speaker once"):
+        run_sweep(out, config, data=corpus, target_speaker="fl00slt,fl00slt")
+
+
 @pytest.mark.slow
 def test_sweep_writes_table_plot_and_reuses_finished_cells(tiny_model, tiny_corpus, prepared, feature_cache,
                                                           tmp_path):

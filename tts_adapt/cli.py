@@ -281,12 +281,13 @@ def _sweep_sequence(args, config, sequence, data) -> int:
     """``sweep --sequence``: the continual benchmark with the sweep's settings; λ is --lams' first value when
     given (flag or --config), else each strategy's default."""
     from tts_adapt.evaluate.continual import run_sequence, to_markdown
-    from tts_adapt.evaluate.sweep_config import SweepConfig
+    from tts_adapt.evaluate.sweep_config import DEFAULT_LAM, SweepConfig
     from tts_adapt.settings import load_section
 
     lams_given = args.lams is not None or (args.config is not None
                                            and "lams" in load_section(args.config, "sweep", SweepConfig))
-    summary = run_sequence(args.out, config, sequence, lam=config.lams[0] if lams_given and config.lams else None,
+    lam = config.lams[0] if lams_given and config.lams and config.lams[0] != DEFAULT_LAM else None
+    summary = run_sequence(args.out, config, sequence, lam=lam,
                            model=args.model, data=data, layout=args.layout, curvature_data=args.curvature_data,
                            replay_data=args.replay_data, cache_dir=args.cache_dir, publish=args.publish,
                            progress=not args.quiet, device=args.device, precision=args.precision)
@@ -569,7 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
     p.add_argument("--data", type=Path, default=None, help="dataset of the target, old and unseen speakers")
     add_layout_flag(p)
-    p.add_argument("--target-speaker", default=None, help="speaker of --data to clone (default: the corpus's target)")
+    p.add_argument("--target-speaker", default=None,
+                   help="speaker of --data to clone (default: the corpus's target); several, comma-separated, or "
+                        "'all' (the corpus's target set): each is swept into OUT/<speaker>/ and the lines are "
+                        "pooled over targets and seeds in OUT")
     p.add_argument("--target-dir", type=Path, default=None, help="your own adaptation clips instead")
     p.add_argument("--heldout-dir", type=Path, default=None, help="held-out clips of the same speaker (with --target-dir)")
     p.add_argument("--curvature-data", type=Path, default=None, help="pretraining data for the curvature (default: --data)")

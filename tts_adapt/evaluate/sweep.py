@@ -36,7 +36,7 @@ from tts_adapt.adapt.train import adapt
 from tts_adapt.curvature.curvature_config import LORA_METHODS
 from tts_adapt.curvature.run import fit_curvature_file
 from tts_adapt.curvature.storage import Curvature, CurvatureFileError, CurvatureMismatchError
-from tts_adapt.data.corpus.manifest import choose_target
+from tts_adapt.data.corpus.manifest import choose_target, corpus_targets
 from tts_adapt.data.target_split import prepare_target
 from tts_adapt.evaluate.adapter import evaluate_adapter
 from tts_adapt.evaluate.scoring import Listeners, RealAudio
@@ -94,6 +94,9 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     summary.json into ``out`` and return the summary.
 
     ``data``: the dataset of old and unseen speakers (and of the target unless ``target_dir`` is given);
+    ``target_speaker``: the speaker of ``data`` to clone (default: the corpus's target); several, as a list or
+    comma-separated (or ``"all"``: every speaker of the corpus's target set), sweep each into ``out/<speaker>/``
+    with one shared ``out/curvature/`` and pool their lines in ``out`` (:func:`pool_targets`);
     ``target_dir`` / ``heldout_dir``: the user's own adaptation and held-out clips of the target;
     ``publish``: a folder (e.g. in the docs) that receives copies of the table, summary and plot;
     ``device`` and ``precision``: where and how adaptations, curvature fits and evaluations run;
@@ -103,6 +106,66 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
     config = config or SweepConfig()  # (not a default argument: building one imports PyTorch)
     out = Path(out)
     t_all = time.time()
+    targets = target_speakers(target_speaker, data) if target_dir is None else [None]
+    kwargs = dict(model=model, data=data, layout=layout, target_dir=target_dir, heldout_dir=heldout_dir,
+                  curvature_data=curvature_data, replay_data=replay_data, cache_dir=cache_dir, progress=progress,
+                  echo=echo, device=device, precision=precision)
+    if len(targets) == 1:
+        runs = sweep_cells(out, config, target_speaker=targets[0], **kwargs)
+    else:
+        runs = []
+        for k, speaker in enumerate(targets, 1):
+            echo(f"== target {k}/{len(targets)}: {speaker} ({out / speaker})")
+            found = sweep_cells(out / speaker, config, target_speaker=speaker, curvature_dir=out / "curvature",
+                                **kwargs)
+            runs += [{"target": speaker, **r} for r in found]
+            write_sweep(out / speaker, config, found, seconds=0.0)  # each target's own table, as a one-target sweep
+    summary = write_sweep(out, config, runs, seconds=time.time() - t_all)
+    if len(targets) > 1:
+        summary["targets"] = targets
+        write_json_atomic(out / "summary.json", summary)
+    if publish is not None:
+        Path(publish).mkdir(parents=True, exist_ok=True)
+        for name in PUBLISHED:
+            shutil.copyfile(out / name, Path(publish) / name)
+    return summary
+
+
+def target_speakers(target_speaker: str | list[str] | None, data) -> list[str | None]:
+    """The speakers a sweep clones: ``None`` (the corpus's target, chosen later), one, several (a list or
+    comma-separated), or ``"all"``: every speaker of the embedded corpus's target set."""
+    if target_speaker is None:
+        return [None]
+    names = [t.strip() for t in target_speaker.split(",")] if isinstance(target_speaker, str) else list(target_speaker)
+    names = [t for t in names if t]
+    if names == ["all"]:
+        if data is None:
+            raise ValueError("--target-speaker all needs --data: a corpus whose manifest names its target speakers")
+        names = corpus_targets(Path(data))
+    if not names:
+        raise ValueError(f"--target-speaker: no speaker in {target_speaker!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--target-speaker: each speaker once, got {', '.join(names)}")
+    return names
+
+
+def write_sweep(out: Path, config: SweepConfig, runs: list[dict], *, seconds: float) -> dict:
+    """Lines per cell from ``runs`` (one per cell, seed and target), the headline, and the files in ``out``."""
+    rows = aggregate(runs)
+    summary = summarise(rows, config, seconds=seconds, runs=runs)
+    write_outputs(out, rows, summary, runs)
+    return summary
+
+
+def sweep_cells(out: Path, config: SweepConfig, *, model: str | Path | None = None, data: str | Path | None = None,
+                layout: str = "auto", target_speaker: str | None = None, target_dir: str | Path | None = None,
+                heldout_dir: str | Path | None = None, curvature_data: str | Path | None = None,
+                replay_data: str | Path | None = None, cache_dir: str | Path | None = None,
+                curvature_dir: Path | None = None, progress: bool = True, echo=print, device: str | None = "auto",
+                precision: str = "fp32") -> list[dict]:
+    """Adapt and evaluate every (strategy, λ, seed) of ``config`` for one target in ``out`` (cached cells
+    reused) and return one line per cell and seed; curvature files go to ``curvature_dir`` (default:
+    ``out/curvature``), which several targets' sweeps may share."""
     model_dir = Path(model) if model else default_model_dir()
     backend = TTSBackend.from_pretrained(model_dir)
     if target_dir is not None:
@@ -121,8 +184,9 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
         clips_dir, heldout = prepared.clips_dir, prepared.heldout_dir
         echo(f"target {target_speaker}: {prepared.clips} adaptation clips, {prepared.heldout} held out ({out / 'target'})")
 
-    curvatures = ensure_curvatures(config, model_dir, backend, curvature_data or data, out / "curvature",
-                                   layout=layout, cache_dir=cache_dir, progress=progress, echo=echo, device=device)
+    curvatures = ensure_curvatures(config, model_dir, backend, curvature_data or data,
+                                   curvature_dir or out / "curvature", layout=layout, cache_dir=cache_dir,
+                                   progress=progress, echo=echo, device=device)
     curvature_of = {s: get_strategy(s).curvature_method for s in config.strategies}
 
     replay = replay_data or curvature_data or data
@@ -150,14 +214,7 @@ def run_sweep(out: str | Path, config: SweepConfig | None = None, *, model: str 
                                       per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
                                       listeners=listeners, progress=progress, device=device)
         runs.append({**cell_row(name, strategy, lam, run, report), "seed": seed})
-    rows = aggregate(runs)
-    summary = summarise(rows, config, seconds=time.time() - t_all)
-    write_outputs(out, rows, summary, runs)
-    if publish is not None:
-        Path(publish).mkdir(parents=True, exist_ok=True)
-        for name in PUBLISHED:
-            shutil.copyfile(out / name, Path(publish) / name)
-    return summary
+    return runs
 
 
 def ensure_curvatures(config: SweepConfig, model_dir: Path, backend, data, folder: Path, *, layout: str, cache_dir,
@@ -252,15 +309,18 @@ def cell_row(name: str, strategy: str, lam: float, run: dict, report: dict) -> d
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One line per cell from its lines per seed: every figure's mean and, over two seeds or more, its standard
-    error ``<column>_se``; with one seed the line keeps its bootstrap intervals. ``seeds`` counts the seeds."""
+    """One line per cell from its lines per seed (and per target, when the runs name one): every figure's mean
+    and, over two runs or more, its standard error ``<column>_se``; with one run the line keeps its bootstrap
+    intervals. ``seeds`` and ``targets`` count the distinct seeds and targets, ``runs`` the lines pooled."""
     cells: dict[str, list[dict]] = {}
     for r in runs:
         cells.setdefault(r["cell"], []).append(r)
     rows = []
     for name, group in cells.items():
         row = {k: group[0][k] for k in ("cell", "strategy", "lam")}
-        row["seeds"] = len(group)
+        row["seeds"] = len({g.get("seed") for g in group})
+        row["targets"] = len({g.get("target") for g in group})
+        row["runs"] = len(group)
         for column, *_ in CELL_FIGURES:
             values = [g[column] for g in group if g.get(column) is not None]
             row[column] = float(np.mean(values)) if values else None
@@ -276,9 +336,26 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def outside_noise(a: dict, b: dict, column: str) -> bool:
-    """Do lines ``a`` and ``b`` differ in ``column`` beyond the noise? Over seeds: by more than twice the standard
-    error of the difference of the means; with one seed: when their 95 % intervals do not overlap."""
+def paired_difference(runs: list[dict], cell: str, reference: str, column: str) -> dict | None:
+    """``column`` of ``cell`` minus that of ``reference``, paired by (target, seed): the same clips and the same
+    LoRA initialisation, so the target's and the seed's share of the noise cancels. Mean, standard error and
+    number of pairs; None under two pairs."""
+    of = {(r.get("target"), r.get("seed")): r.get(column) for r in runs if r["cell"] == reference}
+    diffs = [r[column] - of[key] for r in runs if r["cell"] == cell and r.get(column) is not None
+             for key in [(r.get("target"), r.get("seed"))] if of.get(key) is not None]
+    if len(diffs) < 2:
+        return None
+    return {"mean": float(np.mean(diffs)), "se": float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))),
+            "pairs": len(diffs)}
+
+
+def outside_noise(a: dict, b: dict, column: str, paired: dict | None = None) -> bool:
+    """Do lines ``a`` and ``b`` differ in ``column`` beyond the noise? Given their ``paired`` difference
+    (:func:`paired_difference`): when its mean exceeds twice its standard error; else over seeds: by more than
+    twice the standard error of the difference of the means; with one seed: when their 95 % intervals do not
+    overlap."""
+    if paired is not None:
+        return abs(paired["mean"]) > 2.0 * paired["se"]
     if a.get(column) is None or b.get(column) is None:
         return False
     se_a, se_b = a.get(f"{column}_se"), b.get(f"{column}_se")
@@ -291,7 +368,10 @@ def outside_noise(a: dict, b: dict, column: str) -> bool:
 
 
 STRATEGY_LABELS = {"lora": "LoRA", "l2": "LoRA + L2", "diag": "LoRA + diagonal Fisher", "kfac": "LoRA + K-FAC",
-                   "ekfac": "LoRA + EK-FAC", "ilora": "I-LoRA (slow adapter + replay)"}
+                   "ekfac": "LoRA + EK-FAC", "lalora": "LaLoRA (Laplace on A and B)",
+                   "ilora": "I-LoRA (slow adapter + replay)", "selective": "selective LoRA (gated blocks)"}
+STRATEGY_COLOURS = {"lora": "black", "l2": "tab:gray", "diag": "tab:orange", "kfac": "tab:blue", "ekfac": "tab:green",
+                    "lalora": "tab:purple", "ilora": "tab:red", "selective": "tab:brown"}
 
 
 def equal_learning(row: dict, lora: dict) -> bool:
@@ -306,15 +386,15 @@ def equal_learning(row: dict, lora: dict) -> bool:
             and within("target_mcd") and within("target_mel_loss"))
 
 
-def summarise(rows: list[dict], config: SweepConfig, seconds: float) -> dict:
-    """The headline: per penalised strategy, the λ with the least forgetting among those that learn the
-    target as well as plain LoRA (:func:`equal_learning`), i.e. the knee of its learning–forgetting curve;
-    forgetting is the old speakers' MCD increase, and a reduction is called only outside the noise
-    (:func:`outside_noise`)."""
+def summarise(rows: list[dict], config: SweepConfig, seconds: float, runs: list[dict] | None = None) -> dict:
+    """The headline: per strategy, the λ with the least forgetting among those that learn the target as well
+    as plain LoRA (:func:`equal_learning`), i.e. the knee of its learning–forgetting curve; forgetting is the
+    old speakers' MCD increase, and a reduction is called only outside the noise (:func:`outside_noise`; with
+    ``runs``, the lines per seed and target, on the difference paired by seed and target)."""
     summary = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
                "cells": rows, "seconds": round(seconds, 1),  # this call; cached cells cost nothing
                "cells_seconds": round(sum(((r.get("adapt_seconds") or 0) + (r.get("eval_seconds") or 0))
-                                          * r.get("seeds", 1) for r in rows), 1)}
+                                          * r.get("runs", r.get("seeds", 1)) for r in rows), 1)}
     lora = next((r for r in rows if r["strategy"] == "lora"), None)
     if lora is None or lora["old_dmcd"] is None or lora["old_dmcd"] <= 0:
         return summary
@@ -326,15 +406,18 @@ def summarise(rows: list[dict], config: SweepConfig, seconds: float) -> dict:
     for strategy in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "lora"):
         ok = [r for r in rows if r["strategy"] == strategy and r["old_dmcd"] is not None and equal_learning(r, lora)]
         r = max(ok, key=reduction) if ok else None
+        paired = None if r is None or runs is None else paired_difference(runs, r["cell"], lora["cell"], "old_dmcd")
         best[strategy] = None if r is None else {
             "lam": r["lam"], "target_similarity": r["target_similarity"], "target_mcd": r["target_mcd"],
             "target_mel_loss": r.get("target_mel_loss"), "old_dmcd": r["old_dmcd"],
             "old_dmcd_se": r.get("old_dmcd_se"), "forgetting_reduction": reduction(r),
-            "outside_noise": outside_noise(r, lora, "old_dmcd"), "seeds": r.get("seeds", 1)}
+            "old_dmcd_difference": paired,
+            "outside_noise": outside_noise(r, lora, "old_dmcd", paired), "seeds": r.get("seeds", 1),
+            "targets": r.get("targets", 1)}
     kfac = best.get("kfac")
     summary["headline"] = {
         "lora": {k: lora.get(k) for k in ("target_similarity", "target_mcd", "target_mel_loss", "old_dmcd",
-                                          "old_dmcd_se", "seeds")},
+                                          "old_dmcd_se", "seeds", "targets")},
         "best_at_equal_learning": best,
         "goal_met": bool(kfac is not None and kfac["forgetting_reduction"] >= 0.5 and kfac["outside_noise"]),
         "rule": f"equal learning: target similarity >= LoRA's - {LEARNING_SIM_TOLERANCE}, target MCD and held-out "
@@ -357,7 +440,7 @@ def _cell(v, key: str) -> str:
         return "–"
     if isinstance(v, str):
         return v
-    if key in ("steps", "seeds", "adapt_seconds"):
+    if key in ("steps", "seeds", "targets", "adapt_seconds"):
         return f"{v:.0f}"
     if key in PERCENT_COLUMNS:
         return f"{100 * v:+.1f} %" if key.startswith(("old_d", "unseen_d")) else f"{100 * v:.0f} %"
@@ -379,35 +462,55 @@ def _noise(r: dict, key: str) -> str:
 
 
 def to_markdown(rows: list[dict], summary: dict) -> str:
-    lines = ["| " + " | ".join(label for _, label in TABLE_COLUMNS) + " |",
-             "|" + "---|" * len(TABLE_COLUMNS)]
+    pooled = max((r.get("targets", 1) for r in rows), default=1) > 1
+    columns = TABLE_COLUMNS[:2] + [("targets", "targets")] + TABLE_COLUMNS[2:] if pooled else TABLE_COLUMNS
+    lines = ["| " + " | ".join(label for _, label in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         cells = [_cell(r.get(k), k) + (_noise(r, k) if k in ("old_dmcd", "unseen_dmcd") else "")
-                 for k, _ in TABLE_COLUMNS]
+                 for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     base_sim = rows[0].get("base_target_similarity") if rows else None
     if base_sim is not None:
         lines += ["", f"Base model, zero-shot from the target's d-vector: target similarity {base_sim:.3f}, "
-                      f"target MCD {rows[0]['base_target_mcd']:.2f} dB."]
+                      f"target MCD {rows[0]['base_target_mcd']:.2f} dB" + (" (mean over the targets)." if pooled
+                                                                             else ".")]
     seeds = max((r.get("seeds", 1) for r in rows), default=1)
-    lines += ["", f"Each line is the mean over {seeds} adaptation seeds; ± is the standard error over seeds." if seeds > 1
-              else "One adaptation seed per line; [low, high] is the 95 % bootstrap interval over utterances."]
+    if pooled:
+        targets, runs = max(r["targets"] for r in rows), max(r.get("runs", 1) for r in rows)
+        lines += ["", f"Each line is the mean over {runs} runs ({targets} target voices × {seeds} adaptation seeds); "
+                      "± is the standard error over runs. A strategy's difference from plain LoRA is judged on the "
+                      "difference paired by target and seed."]
+    else:
+        lines += ["", f"Each line is the mean over {seeds} adaptation seeds; ± is the standard error over seeds."
+                  if seeds > 1 else "One adaptation seed per line; [low, high] is the 95 % bootstrap interval over "
+                                    "utterances."]
     h = summary.get("headline")
     if h:
         lo = h["lora"]
         lines += ["", f"Headline ({h['rule']}); plain LoRA: target similarity {lo['target_similarity']:.3f}, "
                       f"target MCD {lo['target_mcd']:.2f} dB, old-speaker ΔMCD {lo['old_dmcd']:+.2f} dB:"]
         for strategy, b in h["best_at_equal_learning"].items():
-            label = STRATEGY_LABELS.get(strategy, strategy)
-            if b is None:
-                lines.append(f"- {label}: no λ of the grid learns the target as well as plain LoRA.")
-                continue
-            verdict = "" if b.get("outside_noise", True) else " — inside the noise: a tie with plain LoRA"
-            lines.append(f"- {label}, λ = {b['lam']:g}: target similarity {b['target_similarity']:.3f}, target MCD "
-                         f"{b['target_mcd']:.2f} dB, old-speaker ΔMCD {b['old_dmcd']:+.2f} dB: forgetting cut by "
-                         f"{100 * b['forgetting_reduction']:.0f} %{verdict}" + (
-                             f" (goal 50 %: {'met' if h['goal_met'] else 'not met'})." if strategy == "kfac" else "."))
+            lines.append(headline_line(strategy, b, h["goal_met"]))
     return "\n".join(lines) + "\n"
+
+
+def headline_line(strategy: str, b: dict | None, goal_met: bool) -> str:
+    """One strategy's line of the headline (``b``: its entry of ``best_at_equal_learning``)."""
+    label = STRATEGY_LABELS.get(strategy, strategy)
+    uses_lam = get_strategy(strategy).uses_lam
+    if b is None:
+        return (f"- {label}: no λ of the grid learns the target as well as plain LoRA." if uses_lam
+                else f"- {label}: does not learn the target as well as plain LoRA.")
+    name = f"{label}, λ = {b['lam']:g}" if uses_lam else label
+    cut = b["forgetting_reduction"]
+    change = f"forgetting cut by {100 * cut:.0f} %" if cut >= 0 else f"forgetting raised by {-100 * cut:.0f} %"
+    paired = b.get("old_dmcd_difference")
+    if paired:
+        change += f" (paired difference {paired['mean']:+.2f} ± {paired['se']:.2f} dB over {paired['pairs']} runs)"
+    verdict = "" if b.get("outside_noise", True) else " — inside the noise: a tie with plain LoRA"
+    goal = f" (goal 50 %: {'met' if goal_met else 'not met'})." if strategy == "kfac" else "."
+    return (f"- {name}: target similarity {b['target_similarity']:.3f}, target MCD {b['target_mcd']:.2f} dB, "
+            f"old-speaker ΔMCD {b['old_dmcd']:+.2f} dB: {change}{verdict}{goal}")
 
 
 def pareto_plot(rows: list[dict], path: Path) -> None:
@@ -418,8 +521,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
-    colours = {"lora": "black", "l2": "tab:gray", "diag": "tab:orange", "kfac": "tab:blue", "ekfac": "tab:green"}
-    labels = STRATEGY_LABELS
+    colours, labels = STRATEGY_COLOURS, STRATEGY_LABELS
     panels = ((axes[0], "target_similarity", "target speaker similarity ↑"),
               (axes[1], "target_mcd", "target MCD-DTW (dB) ↓"),
               (axes[2], "target_mel_loss", "target held-out mel loss ↓"),
@@ -437,6 +539,10 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
                 ax.errorbar(xs, ys, xerr=xerr, fmt="*", ms=12, color=colours[strategy], label=labels[strategy],
                             zorder=3, capsize=3)
                 continue
+            if not get_strategy(strategy).uses_lam:  # one point, no λ to draw a curve through
+                ax.errorbar(xs, ys, xerr=xerr, fmt="s", ms=7, color=colours.get(strategy),
+                            label=labels.get(strategy, strategy), zorder=3, capsize=3)
+                continue
             ax.errorbar(xs, ys, xerr=xerr, fmt="o-", color=colours.get(strategy), label=labels.get(strategy, strategy),
                         capsize=3)
             for r, x, y in zip(pts, xs, ys):
@@ -445,7 +551,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         if rows and rows[0].get(base_key) is not None:
             ax.scatter([0.0], [rows[0][base_key]], marker="D", color="tab:red", label="base model (zero-shot)",
                        zorder=3)
-        ax.set_xlabel("forgetting: old speakers' MCD increase (dB) ←\n(bars: ± s.e. over seeds, or one seed's 95 % CI)",
+        ax.set_xlabel("forgetting: old speakers' MCD increase (dB) ←\n(bars: ± s.e. over runs, or one run's 95 % CI)",
                       fontsize=8)
         ax.set_ylabel(ylabel)
         if key != "target_similarity":  # lower is better: up is better in every panel

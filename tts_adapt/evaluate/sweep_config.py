@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from tts_adapt.settings import check_fields
 
 
+DEFAULT_LAM = "default"  # in SweepConfig.lams: each penalised strategy's own default λ
+
+
+def _lam(value) -> float | str:
+    return DEFAULT_LAM if isinstance(value, str) and value.strip().lower() == DEFAULT_LAM else float(value)
+
+
 def _as_tuple(value, cast, name: str) -> tuple:
     items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, (int, float)) else value)
     try:
@@ -21,8 +28,9 @@ def _as_tuple(value, cast, name: str) -> tuple:
 class SweepConfig:
     strategies: tuple[str, ...] = field(default=("lora", "l2", "diag", "kfac", "ekfac"),
                                         metadata={"help": "Strategies, comma-separated."})
-    lams: tuple[float, ...] = field(default=(1000.0, 3000.0, 10000.0),
-                                    metadata={"help": "Penalty strengths λ, comma-separated (not used by lora)."})
+    lams: tuple[float | str, ...] = field(default=(1000.0, 3000.0, 10000.0), metadata={
+        "help": "Penalty strengths λ, comma-separated (not used by lora); 'default' stands for each strategy's own "
+                "default λ (the one adapt uses without --lam)."})
     clips: int = field(default=20, metadata={"help": "Target clips to adapt on (embedded default).", "range": ">= 1"})
     heldout: int = field(default=8, metadata={"help": "Held-out target clips to measure learning on.",
                                               "range": ">= 1"})
@@ -52,14 +60,16 @@ class SweepConfig:
         check_fields(self)
         # lists may come as "a,b" (command line) or YAML lists
         object.__setattr__(self, "strategies", _as_tuple(self.strategies, str, "strategies"))
-        object.__setattr__(self, "lams", _as_tuple(self.lams, float, "lams"))
+        object.__setattr__(self, "lams", _as_tuple(self.lams, _lam, "lams"))
         object.__setattr__(self, "seeds", _as_tuple(self.seeds, int, "seeds"))
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: each seed once, got {self.seeds}")
 
         for s in self.strategies:
             get_strategy(s)  # an unknown name is an error listing the registered ones
-        if any(lam <= 0 for lam in self.lams):
+        if len(set(self.lams)) != len(self.lams):
+            raise ValueError(f"lams: each λ once, got {self.lams}")
+        if any(lam != DEFAULT_LAM and lam <= 0 for lam in self.lams):
             raise ValueError(f"lams must be positive, got {self.lams}")
         if not self.lams and any(get_strategy(s).uses_lam for s in self.strategies):
             raise ValueError("lams: give at least one penalty strength for the penalised strategies")
@@ -70,5 +80,10 @@ class SweepConfig:
     def cells(self) -> list[tuple[str, float]]:
         from tts_adapt.adapt.strategies import get_strategy  # (as in __post_init__)
 
+        def grid(strategy: str) -> list[float]:  # 'default' becomes the strategy's own λ
+            default = get_strategy(strategy).default_lam
+            return sorted({default if lam == DEFAULT_LAM else float(lam) for lam in self.lams})
+
         return [(s, 0.0) for s in self.strategies if not get_strategy(s).uses_lam] + \
-               [(s, float(lam)) for s in self.strategies if get_strategy(s).uses_lam for lam in sorted(self.lams)]
+               [(s, lam) for s in self.strategies if get_strategy(s).uses_lam for lam in grid(s)]
+

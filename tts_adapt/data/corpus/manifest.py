@@ -18,11 +18,15 @@ def read_manifest(corpus: str | Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def choose_target(corpus: str | Path) -> str:
-    """The corpus's flite ``slt`` target speaker if there is one, else its first target speaker."""
+def corpus_targets(corpus: str | Path) -> list[str]:
+    """The speakers of the corpus's ``target`` set, the flite ``slt`` one first (:func:`choose_target`'s)."""
     targets = sorted({r["speaker"] for r in read_manifest(corpus) if r["speaker_set"] == "target"})
     if not targets:
         raise ValueError(f"{corpus}: no speaker of the 'target' set in {MANIFEST_FILE}; "
                          "name one with --target-speaker")
-    slt = [t for t in targets if "slt" in t]
-    return (slt or targets)[0]
+    return sorted(targets, key=lambda t: "slt" not in t)
+
+
+def choose_target(corpus: str | Path) -> str:
+    """The corpus's flite ``slt`` target speaker if there is one, else its first target speaker."""
+    return corpus_targets(corpus)[0]
