@@ -47,9 +47,10 @@ class AdaptConfig:
         "range": ">= 0, < 1"})
     replay_size: int = field(default=64, metadata={
         "help": "ilora: pretraining utterances held in the reservoir replay buffer.", "range": ">= 1"})
-    replay_batch: int = field(default=4, metadata={
+    replay_batch: int = field(default=2, metadata={
         "help": "ilora: replayed utterances mixed into each batch (and new ones offered to the buffer after each "
-                "step).", "range": ">= 1"})
+                "step); 2 per 8 target clips keeps a step within 1.6 times plain LoRA's (docs/strategy-ilora.md).",
+        "range": ">= 1"})
     replay_pool: int = field(default=400, metadata={
         "help": "ilora: pretraining utterances of --replay-data the buffer streams over (a seeded sample taken as "
                 "fit-curvature takes it, so the same number shares its feature cache).", "range": ">= 1"})

@@ -28,9 +28,10 @@ def _as_tuple(value, cast, name: str) -> tuple:
 class SweepConfig:
     strategies: tuple[str, ...] = field(default=("lora", "l2", "diag", "kfac", "ekfac"),
                                         metadata={"help": "Strategies, comma-separated."})
-    lams: tuple[float | str, ...] = field(default=(1000.0, 3000.0, 10000.0), metadata={
+    lams: tuple[float | str, ...] = field(default=(3000.0, 10000.0, 30000.0), metadata={
         "help": "Penalty strengths λ, comma-separated (not used by lora); 'default' stands for each strategy's own "
-                "default λ (the one adapt uses without --lam)."})
+                "default λ (the one adapt uses without --lam). The default grid ends at the Laplace penalties' "
+                "default λ, 30000."})
     clips: int = field(default=20, metadata={"help": "Target clips to adapt on (embedded default).", "range": ">= 1"})
     heldout: int = field(default=8, metadata={"help": "Held-out target clips to measure learning on.",
                                               "range": ">= 1"})
