@@ -303,25 +303,38 @@ def test_cli_sweep_sequence_writes_the_tables_and_reuses_or_redoes_stages(two_vo
                for m in summary["methods"])
     for name in ("sequence.csv", "sequence.md", "sequence.json", "sequence.png", "stages.csv"):
         assert (out / name).is_file() and (docs / name).is_file()
-    stage1 = out / "sequence" / "lora" / f"stage1-{VOICES[0]}" / "adapter"
+    # the first stage and isolation's voice adapters are the cells of a sweep over the same voices
+    stage1 = out / VOICES[0] / "cells" / "lora" / "adapter"
     stage2 = out / "sequence" / "lora-seed1" / f"stage2-{VOICES[1]}" / "adapter"
     run2 = json.loads((stage2 / "run.json").read_text())
-    assert run2["init_adapter"]["path"] == str(stage2.parent.parent / f"stage1-{VOICES[0]}" / "adapter")
+    assert run2["init_adapter"]["path"] == str(out / VOICES[0] / "cells" / "lora-seed1" / "adapter")
+    assert json.loads((stage1 / "eval" / "report.json").read_text())["counts"]["pretrain"] > 0
     # the earlier voice measured after stage 2: its own conditioning, only its held-out clips
     view = stage2.parent / "views" / VOICES[0]
     assert torch.equal(Adapter.load(view).d_vector,
-                       Adapter.load(stage2.parent.parent / f"stage1-{VOICES[0]}" / "adapter").d_vector)
+                       Adapter.load(out / VOICES[0] / "cells" / "lora-seed1" / "adapter").d_vector)
     report = json.loads((view / "eval" / "report.json").read_text())
     assert report["counts"]["pretrain"] == 0 and report["counts"]["target"] == 2
-    assert Path(report["target_dir"]).parent.name == VOICES[0]
-    new = json.loads((stage2.parent / "views" / VOICES[1] / "eval" / "report.json").read_text())
-    assert new["counts"]["pretrain"] > 0
-    assert (out / "sequence" / "isolation" / "voices" / VOICES[1] / "run.json").is_file()
+    assert Path(report["target_dir"]).parent.parent.name == VOICES[0]  # <voice>/target/heldout
+    new = json.loads((stage2 / "eval" / "report.json").read_text())  # the new voice: the stage's adapter itself
+    assert new["counts"]["pretrain"] > 0 and not (stage2.parent / "views" / VOICES[1]).exists()
+    isolated = out / "sequence" / "isolation" / f"stage2-{VOICES[1]}"
+    assert (out / VOICES[1] / "cells" / "lora" / "adapter" / "run.json").is_file()
+    assert json.loads((isolated / "views" / VOICES[1] / "eval" / "report.json").read_text())["counts"]["pretrain"] > 0
+    assert not (out / "sequence" / "isolation" / f"stage1-{VOICES[0]}").exists()
+    # a sweep over the same voices in the same folder finds every cell done
+    capsys.readouterr()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/cells/**/run.json")}
+    sweep = argv[:argv.index("--sequence")] + ["--target-speaker", ",".join(VOICES)] + \
+        argv[argv.index("--strategies"):argv.index("--publish")] + ["-q"]
+    assert main(sweep) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()) and len(stamps) == 4
+    assert json.loads((out / "summary.json").read_text())["targets"] == list(VOICES)
     capsys.readouterr()
 
     # everything cached: nothing adapted or evaluated again
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("sequence/**/run.json")}
-    stamps.update({p: p.stat().st_mtime_ns for p in out.glob("sequence/**/report.json")})
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("**/run.json")}
+    stamps.update({p: p.stat().st_mtime_ns for p in out.glob("**/report.json")})
     assert main(argv) == 0
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 

@@ -401,11 +401,12 @@ def _check_merge_request(voices, out: Path, combination: str, density, allow_ine
     if not voices:
         raise BankError("nothing to merge: give at least one voice and its weight")
     adapters, weights = [a for a, _ in voices], [float(w) for _, w in voices]
-    names = [a.name for a in adapters]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    # the same folder twice (adapters of different folders may share a name, e.g. sweep cells' "adapter")
+    paths = [a.path.resolve() for a in adapters]
+    repeated = sorted({a.name for a, p in zip(adapters, paths) if paths.count(p) > 1})
     if repeated:
         raise BankError(f"{', '.join(repeated)} given more than once; give each voice one weight")
-    bad = [f"{n}={w}" for n, w in zip(names, weights) if not math.isfinite(w)]
+    bad = [f"{a.name}={w}" for a, w in zip(adapters, weights) if not math.isfinite(w)]
     if bad:
         raise BankError(f"weights must be finite numbers: {', '.join(bad)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

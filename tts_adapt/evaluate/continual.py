@@ -7,15 +7,19 @@ Methods: every strategy of the sweep continued from one adapter (stage i starts 
 plain-LoRA adapter per voice trained from the base model, the voices so far combined at each stage by exact task
 arithmetic (:func:`tts_adapt.adapt.bank.merge_adapters`, ``cat``, weight 1 each: ΔW = Σ_j ΔW_j).
 
-Layout of a sweep folder with a sequence::
+Layout of a sweep folder with a sequence: the layout of ``sweep --target-speaker SPK1,SPK2,...``
+(:func:`tts_adapt.evaluate.sweep.run_sweep`), so that one folder holds both, and every first stage and every
+isolated voice adapter *is* a cell of that sweep (same clips, same settings), adapted and evaluated once::
 
-    targets/<spk>/                      each voice's adaptation and held-out clips (prepared once)
+    <spk>/target/                       each voice's adaptation and held-out clips (prepared once)
+    <spk>/cells/<cell>[-seed<k>]/adapter/   the sweep's cells: a strategy's first stage (on the first voice) and
+                                        isolation's voice adapters (plain LoRA on each voice), eval/ in each
     curvature/                          the curvature files the strategies need (fitted once)
     sequence/<method>[-seed<k>]/
-      stage<i>-<spk>/adapter/           the model after stage i (isolation: the merged adapter)
+      stage<i>-<spk>/adapter/           the model after stage i > 1 (isolation: the merged adapter), eval/ holds
+                                        the new voice's report (isolation: views/<spk>/eval/)
       stage<i>-<spk>/views/<spk_j>/     voice j spoken by stage i's model: stage i's LoRA weights with voice
                                         j's own conditioning; eval/ holds its report
-      voices/<spk>/                     isolation only: the voice's own adapter
     stages.csv                          one line per method, seed, stage and voice measured
     sequence.csv, sequence.md, sequence.json, sequence.png   one line per method: mean over seeds ± s.e.
 
@@ -50,6 +54,8 @@ from tts_adapt.evaluate.sweep import (
     _current,
     _get,
     adapt_cell,
+    cell_folder,
+    cell_name,
     curvature_for,
     ensure_curvatures,
     outside_noise,
@@ -236,10 +242,10 @@ def run_sequence(out: str | Path, config: SweepConfig | None, sequence, *, lam: 
 
     targets = {}
     for spk in sequence:
-        prepared = prepare_target(data, spk, out / "targets" / spk, clips=config.clips, heldout=config.heldout,
+        prepared = prepare_target(data, spk, out / spk / "target", clips=config.clips, heldout=config.heldout,
                                   layout=layout, seed=config.seed)
         targets[spk] = prepared
-        echo(f"voice {spk}: {prepared.clips} adaptation clips, {prepared.heldout} held out ({out / 'targets' / spk})")
+        echo(f"voice {spk}: {prepared.clips} adaptation clips, {prepared.heldout} held out ({out / spk / 'target'})")
     curvatures = ensure_curvatures(config, model_dir, backend, curvature_data or data, out / "curvature",
                                    layout=layout, cache_dir=cache_dir, progress=progress, echo=echo, device=device)
     replay = replay_data or curvature_data or data
@@ -285,13 +291,15 @@ def run_method(out: Path, method: str, seed: int, sequence: tuple[str, ...], tar
         clips = targets[spk].clips_dir
         echo(f"  stage {i}/{len(sequence)}: {spk}")
         if isolated:
-            voice = folder / "voices" / spk
+            voice = cell_folder(out / spk, cell_name("lora", 0.0), seed, config)  # the sweep's plain-LoRA cell
             run = adapt_cell(voice, clips, model_dir, cfg, None, progress, echo, device=device, precision=precision)
             own[spk] = voice
-            adapter = stage / "adapter"
-            ensure_merged([own[s] for s in sequence[:i]], adapter, model_dir)
+            adapter = voice if i == 1 else stage / "adapter"  # one voice merged is that voice's adapter
+            if i > 1:
+                ensure_merged([own[s] for s in sequence[:i]], adapter, model_dir)
         else:
-            adapter = stage / "adapter"
+            # the first stage is the sweep's cell of the first voice; the later ones continue from it
+            adapter = cell_folder(out / spk, cell_name(strategy, lam), seed, config) if i == 1 else stage / "adapter"
             checkpoint = adapter / CHECKPOINT_DIR
             if previous is not None and checkpoint.is_dir() \
                     and checkpoint.stat().st_mtime < (previous / RUN_FILE).stat().st_mtime:
@@ -302,7 +310,9 @@ def run_method(out: Path, method: str, seed: int, sequence: tuple[str, ...], tar
             own[spk] = adapter
         previous = adapter
         for j, voice_j in enumerate(sequence[:i], 1):
-            view = make_view(adapter, own[voice_j], targets[voice_j].clips_dir, stage / "views" / voice_j)
+            # a voice spoken with the stage's own conditioning is the stage's adapter itself, else a view
+            view = adapter if own[voice_j] == adapter else \
+                make_view(adapter, own[voice_j], targets[voice_j].clips_dir, stage / "views" / voice_j)
             report = evaluate_view(view, targets[voice_j].heldout_dir, model_dir, data, layout=layout, full=j == i,
                                    config=config, cache_dir=cache_dir, real=real, listeners=listeners,
                                    progress=progress, device=device)
