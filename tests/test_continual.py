@@ -226,9 +226,10 @@ def test_the_isolation_stage_is_the_sum_of_the_voices_updates(two_voice_model, f
 
 
 # --------------------------------------------------------------------------- the measures
-def _row(method, seed, stage, voice_stage, mcd, sim, old=None, unseen=None):
+def _row(method, seed, stage, voice_stage, mcd, sim, old=None, unseen=None, ident=None, wer=None):
     return {"method": method, "lam": 0.0, "seed": seed, "stage": stage, "voice_stage": voice_stage,
-            "target_mcd": mcd, "target_similarity": sim, "old_dmcd": old, "unseen_dmcd": unseen,
+            "target_mcd": mcd, "target_similarity": sim, "target_id": ident, "target_wer": wer,
+            "old_dmcd": old, "unseen_dmcd": unseen,
             "old_dsimilarity": None, "old_dmcd_ci": [None, None], "unseen_dmcd_ci": [None, None],
             "adapt_seconds": 1.0}
 
@@ -249,6 +250,14 @@ def test_learning_backward_transfer_and_forgetting_on_a_hand_made_table():
     assert m["bwt_similarity"] == pytest.approx(((0.6 - 0.8) + (0.85 - 0.9)) / 2)
     assert [m[f"old_dmcd_stage{i}"] for i in (1, 2, 3)] == [0.1, 0.2, 0.4] and m["old_dmcd_final"] == 0.4
     assert m["unseen_dmcd_final"] == 0.3
+    assert m["learning_id"] is None and m["bwt_id"] is None  # not measured: no figure, not a zero
+    rows = _table("lora", 0)
+    for r, ident, wer in zip(rows, (1.0, 0.5, 0.75, 0.25, 0.5, 1.0), (0.3, 0.9, 0.4, 0.9, 0.9, 0.5)):
+        r.update(target_id=ident, target_wer=wer)
+    m = method_measures(rows, ("a", "b", "c"))
+    assert m["learning_id"] == pytest.approx((1.0 + 0.75 + 1.0) / 3)
+    assert m["learning_wer"] == pytest.approx((0.3 + 0.4 + 0.5) / 3)
+    assert m["bwt_id"] == pytest.approx(((0.25 - 1.0) + (0.5 - 0.75)) / 2)
     with pytest.raises(ValueError, match="lacks voice 2 after stage 3"):
         method_measures([r for r in _table("lora", 0) if (r["stage"], r["voice_stage"]) != (3, 2)], ("a", "b", "c"))
 
@@ -269,6 +278,17 @@ def test_over_seeds_a_method_is_a_mean_with_standard_error_and_small_differences
     assert summary["comparison"]["kfac"]["bwt_mcd"] == "tie"  # the same change over the stages
     text = to_markdown(lines, summary)
     assert "LoRA + K-FAC" in text and "± 0.05" in text and "learning MCD better" in text
+    # paired by seed, a small but steady difference is called, one that changes sign is not
+    steady = [method_measures(_table("kfac", s, shift=-0.05 + 0.1 * s), seq) for s in (0, 1, 2)]
+    swinging = [method_measures(_table("l2", s, shift=(0.3 if s else -0.3) + 0.1 * s), seq) for s in (0, 1, 2)]
+    per_seed = [method_measures(_table("lora", s, shift=0.1 * s), seq) for s in (0, 1, 2)] + steady + swinging
+    lines = aggregate_methods(per_seed)
+    unpaired = summarise(lines, SweepConfig(strategies=("lora", "kfac", "l2")), seq, None, seconds=0.0)
+    paired = summarise(lines, SweepConfig(strategies=("lora", "kfac", "l2")), seq, None, seconds=0.0,
+                       per_seed=per_seed)
+    assert unpaired["comparison"]["kfac"]["learning_mcd"] == "tie"
+    assert paired["comparison"]["kfac"]["learning_mcd"] == "better"
+    assert paired["comparison"]["l2"]["learning_mcd"] == "tie"
 
 
 # --------------------------------------------------------------------------- refusals

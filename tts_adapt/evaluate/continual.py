@@ -59,6 +59,7 @@ from tts_adapt.evaluate.sweep import (
     curvature_for,
     ensure_curvatures,
     outside_noise,
+    paired_difference,
 )
 from tts_adapt.evaluate.sweep_config import SweepConfig
 from tts_adapt.io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
@@ -69,21 +70,26 @@ LABELS = {**STRATEGY_LABELS, ISOLATION: "isolation + task arithmetic (one LoRA p
           "lalora": "LaLoRA", "selective": "selective LoRA"}
 #: The figures of one evaluation (a voice measured after a stage): (column, set, measure, figure of the report).
 VOICE_FIGURES = (("target_mcd", "target", "mcd_db", "adapted"), ("target_similarity", "target", "similarity", "adapted"),
-                 ("target_mel_loss", "target", "mel_loss", "adapted"))
+                 ("target_mel_loss", "target", "mel_loss", "adapted"), ("target_wer", "target", "wer", "adapted"),
+                 ("target_id", "target", "id_top1", "adapted"))
 #: Figures of the pretraining and unseen voices, from the new voice's evaluation at each stage.
 FORGETTING_FIGURES = (("old_dmcd", "pretrain", "mcd_db", "change"), ("old_dsimilarity", "pretrain", "similarity", "change"),
                       ("old_dwer", "pretrain", "wer", "change"), ("unseen_dmcd", "unseen", "mcd_db", "change"))
 #: The measures of a method (one line per method), whether lower is better, and their labels.
 MEASURES = (("learning_mcd", True, "learning: new voice's MCD (dB) ↓"),
             ("learning_similarity", False, "learning: new voice's similarity ↑"),
+            ("learning_id", False, "learning: new voice's clips identified as it among all voices ↑"),
+            ("learning_wer", True, "learning: new voice's word error rate ↓"),
             ("bwt_mcd", True, "backward transfer: earlier voices' MCD change (dB) ↓"),
             ("bwt_similarity", False, "backward transfer: earlier voices' similarity change ↑"),
+            ("bwt_id", False, "backward transfer: earlier voices' identification change ↑"),
             ("old_dmcd_final", True, "old voices' ΔMCD at the end (dB) ↓"),
             ("unseen_dmcd_final", True, "unseen voices' ΔMCD at the end (dB) ↓"))
 
 
-SHORT = {"learning_mcd": "learning MCD", "learning_similarity": "learning similarity", "bwt_mcd": "BWT MCD",
-         "bwt_similarity": "BWT similarity", "old_dmcd_final": "old ΔMCD", "unseen_dmcd_final": "unseen ΔMCD"}
+SHORT = {"learning_mcd": "learning MCD", "learning_similarity": "learning similarity", "learning_id": "learning ID",
+         "learning_wer": "learning WER", "bwt_mcd": "BWT MCD", "bwt_similarity": "BWT similarity", "bwt_id": "BWT ID",
+         "old_dmcd_final": "old ΔMCD", "unseen_dmcd_final": "unseen ΔMCD"}
 
 
 class SequenceError(ValueError):
@@ -262,7 +268,7 @@ def run_sequence(out: str | Path, config: SweepConfig | None, sequence, *, lam: 
     per_seed = [method_measures([r for r in rows if r["method"] == m and r["seed"] == s], sequence)
                 for m, s in jobs]
     lines = aggregate_methods(per_seed)
-    summary = summarise(lines, config, sequence, lam, seconds=time.time() - t_all)
+    summary = summarise(lines, config, sequence, lam, seconds=time.time() - t_all, per_seed=per_seed)
     write_outputs(out, lines, summary, rows)
     if publish is not None:
         Path(publish).mkdir(parents=True, exist_ok=True)
@@ -363,11 +369,13 @@ def method_measures(rows: list[dict], sequence: tuple[str, ...]) -> dict:
         raise ValueError(f"stages.csv lacks voice {missing[0][1]} after stage {missing[0][0]} "
                          f"({len(missing)} evaluations missing)")
     line = {"method": rows[0]["method"], "lam": rows[0]["lam"], "seed": rows[0]["seed"]}
-    for key in ("mcd", "similarity"):
+    for key in ("mcd", "similarity", "id", "wer"):
         col = f"target_{key}"
-        line[f"learning_{key}"] = _mean(R[i, i][col] for i in range(1, n + 1))
+        line[f"learning_{key}"] = _mean(R[i, i].get(col) for i in range(1, n + 1))
+        if key == "wer":
+            continue  # an earlier voice's words are the model's, not the voice's: BWT on WER says little
         changes = [R[n, j][col] - R[j, j][col] for j in range(1, n)
-                   if R[n, j][col] is not None and R[j, j][col] is not None]
+                   if R[n, j].get(col) is not None and R[j, j].get(col) is not None]
         line[f"bwt_{key}"] = float(np.mean(changes)) if changes else None
     for col in ("old_dmcd", "unseen_dmcd"):
         for i in range(1, n + 1):
@@ -401,33 +409,36 @@ def aggregate_methods(per_seed: list[dict]) -> list[dict]:
     return lines
 
 
-def verdict(line: dict, reference: dict, key: str, lower_is_better: bool) -> str:
-    """``better``, ``worse`` or ``tie`` (inside the noise: :func:`tts_adapt.evaluate.sweep.outside_noise`) of
-    ``line`` against ``reference`` in ``key``; ``–`` where either has no figure."""
+def verdict(line: dict, reference: dict, key: str, lower_is_better: bool, per_seed: list[dict] | None = None) -> str:
+    """``better``, ``worse`` or ``tie`` (inside the noise: :func:`tts_adapt.evaluate.sweep.outside_noise`, on the
+    difference paired by seed when ``per_seed`` holds the methods' lines per seed) of ``line`` against
+    ``reference`` in ``key``; ``–`` where either has no figure."""
     if line.get(key) is None or reference.get(key) is None:
         return "–"
-    if not outside_noise(line, reference, key):
+    paired = None if per_seed is None else paired_difference(per_seed, line["method"], reference["method"], key,
+                                                             by="method")
+    if not outside_noise(line, reference, key, paired):
         return "tie"
     return "better" if (line[key] < reference[key]) == lower_is_better else "worse"
 
 
 def summarise(lines: list[dict], config: SweepConfig, sequence: tuple[str, ...], lam: float | None,
-              seconds: float) -> dict:
+              seconds: float, per_seed: list[dict] | None = None) -> dict:
     """The summary: settings, one line per method and each method's verdicts against the reference method
-    (plain LoRA continued when it ran, else the first method)."""
+    (plain LoRA continued when it ran, else the first method), paired by seed given ``per_seed``."""
     reference = next((r for r in lines if r["method"] == "lora"), lines[0] if lines else None)
     comparison = {}
     if reference is not None:
         for r in lines:
             if r is not reference:
-                comparison[r["method"]] = {key: verdict(r, reference, key, lower) for key, lower, _ in MEASURES}
+                comparison[r["method"]] = {key: verdict(r, reference, key, lower, per_seed)
+                                           for key, lower, _ in MEASURES}
     return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
             "sequence": list(sequence), "lam": lam, "methods": lines,
             "reference": reference["method"] if reference else None, "comparison": comparison,
             "measures": {key: label for key, _, label in MEASURES},
-            "rule": "a difference is called when it exceeds twice the standard error of the difference of the means "
-                    "over seeds (one seed: when the 95 % bootstrap intervals do not overlap; figures without one, "
-                    "a tie)",
+            "rule": "a difference is called when it exceeds twice the standard error of the difference paired by "
+                    "seed (one seed: when the 95 % bootstrap intervals do not overlap; figures without one, a tie)",
             "seconds": round(seconds, 1)}
 
 
@@ -452,8 +463,8 @@ def _with_noise(r: dict, key: str, signed: bool = False, digits: int = 2) -> str
 
 def to_markdown(lines: list[dict], summary: dict) -> str:
     n = len(summary["sequence"])
-    head = ["method", "λ", "seeds", "learning MCD ↓", "learning sim ↑", "BWT MCD ↓", "BWT sim ↑",
-            "old ΔMCD after each stage", "old ΔMCD end ↓", "unseen ΔMCD end ↓"]
+    head = ["method", "λ", "seeds", "learning MCD ↓", "learning sim ↑", "learning ID ↑", "learning WER ↓",
+            "BWT MCD ↓", "BWT sim ↑", "BWT ID ↑", "old ΔMCD after each stage", "old ΔMCD end ↓", "unseen ΔMCD end ↓"]
     out = [f"Voices cloned in order: {' → '.join(summary['sequence'])}.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in lines:
@@ -461,7 +472,9 @@ def to_markdown(lines: list[dict], summary: dict) -> str:
         out.append("| " + " | ".join([
             LABELS.get(r["method"], r["method"]), f"{r['lam']:g}" if r["lam"] else "–", str(r["seeds"]),
             _with_noise(r, "learning_mcd"), _with_noise(r, "learning_similarity", digits=3),
+            _with_noise(r, "learning_id"), _with_noise(r, "learning_wer"),
             _with_noise(r, "bwt_mcd", signed=True), _with_noise(r, "bwt_similarity", signed=True, digits=3),
+            _with_noise(r, "bwt_id", signed=True),
             stages, _with_noise(r, "old_dmcd_final", signed=True), _with_noise(r, "unseen_dmcd_final", signed=True),
         ]) + " |")
     seeds = max((r["seeds"] for r in lines), default=1)
@@ -469,8 +482,8 @@ def to_markdown(lines: list[dict], summary: dict) -> str:
                  if seeds > 1 else "One adaptation seed per line; [low, high] is the 95 % bootstrap interval over "
                                    "utterances of the last stage (learning and backward transfer have none: a "
                                    "difference in them is not called)."),
-            ("Learning: the new voice's target MCD-DTW and speaker similarity right after it is learned, averaged "
-             "over stages. Backward transfer (BWT): earlier voices' figure after the last stage minus right after "
+            ("Learning: the new voice's target MCD-DTW, speaker similarity, share of its held-out clips identified "
+             "as it among all voices (ID) and word error rate right after it is learned, averaged over stages. Backward transfer (BWT): earlier voices' figure after the last stage minus right after "
              "they were learned, averaged over the earlier voices (MCD: positive is degradation). Old / unseen "
              "ΔMCD: the pretraining voices' and unseen voices' MCD change against the base model.")]
     ref = summary.get("reference")

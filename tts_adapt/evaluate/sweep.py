@@ -336,12 +336,12 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def paired_difference(runs: list[dict], cell: str, reference: str, column: str) -> dict | None:
-    """``column`` of ``cell`` minus that of ``reference``, paired by (target, seed): the same clips and the same
-    LoRA initialisation, so the target's and the seed's share of the noise cancels. Mean, standard error and
-    number of pairs; None under two pairs."""
-    of = {(r.get("target"), r.get("seed")): r.get(column) for r in runs if r["cell"] == reference}
-    diffs = [r[column] - of[key] for r in runs if r["cell"] == cell and r.get(column) is not None
+def paired_difference(runs: list[dict], cell: str, reference: str, column: str, by: str = "cell") -> dict | None:
+    """``column`` of ``cell`` minus that of ``reference`` (the values of key ``by`` of the lines), paired by
+    (target, seed): the same clips and the same LoRA initialisation, so the target's and the seed's share of the
+    noise cancels. Mean, standard error and number of pairs; None under two pairs."""
+    of = {(r.get("target"), r.get("seed")): r.get(column) for r in runs if r[by] == reference}
+    diffs = [r[column] - of[key] for r in runs if r[by] == cell and r.get(column) is not None
              for key in [(r.get("target"), r.get("seed"))] if of.get(key) is not None]
     if len(diffs) < 2:
         return None
