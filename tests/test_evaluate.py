@@ -237,6 +237,18 @@ def test_lams_default_stands_for_each_strategys_own_lambda():
         SweepConfig(lams="defaults")
 
 
+def test_a_cells_folder_names_its_seed_whichever_seeds_a_run_asks_for(tmp_path):
+    from tts_adapt.evaluate.continual import method_folder
+    from tts_adapt.evaluate.sweep import cell_folder
+
+    everything, rest = SweepConfig(seeds=(0, 1, 2)), SweepConfig(seeds=(2,))
+    assert cell_folder(tmp_path, "lora", 0, everything) == tmp_path / "cells" / "lora" / "adapter"
+    assert cell_folder(tmp_path, "lora", 2, rest) == cell_folder(tmp_path, "lora", 2, everything) \
+        == tmp_path / "cells" / "lora-seed2" / "adapter"
+    assert method_folder(tmp_path, "kfac", 2, rest) == tmp_path / "sequence" / "kfac-seed2"
+    assert method_folder(tmp_path, "kfac", 0, everything) == tmp_path / "sequence" / "kfac"
+
+
 def _target_runs(strategy, lam, by_target: dict) -> list[dict]:
     return [{**_row(strategy, lam, 0.7, 8.0, d), "cell": f"{strategy}{lam}", "target": t, "seed": k}
             for t, dmcds in by_target.items() for k, d in enumerate(dmcds)]

@@ -124,9 +124,9 @@ def check_voices(sequence: tuple[str, ...], speakers: list[str], known) -> None:
 
 
 def method_folder(out: Path, method: str, seed: int, config: SweepConfig) -> Path:
-    """``sequence/<method>`` for the first adaptation seed, ``sequence/<method>-seed<k>`` for the others."""
-    first = config.adaptation_seeds()[0]
-    return out / "sequence" / (method if seed == first else f"{method}-seed{seed}")
+    """``sequence/<method>`` for the sweep's seed (``config.seed``), ``sequence/<method>-seed<k>`` for any other
+    (as :func:`tts_adapt.evaluate.sweep.cell_folder` names cells)."""
+    return out / "sequence" / (method if seed == config.seed else f"{method}-seed{seed}")
 
 
 def stage_folder(method_dir: Path, stage: int, voice: str) -> Path:

@@ -4,8 +4,8 @@ Layout of a sweep folder::
 
     target/            adaptation clips and held-out clips (tts-adapt prepare-target), unless given
     curvature/         one file per curvature method the strategies need (fitted once)
-    cells/<name>/      adapter/ (tts-adapt adapt) and adapter/eval/ (tts-adapt evaluate), for the first seed;
-    cells/<name>-seed<k>/   the same for every further adaptation seed k
+    cells/<name>/      adapter/ (tts-adapt adapt) and adapter/eval/ (tts-adapt evaluate), for the sweep's seed;
+    cells/<name>-seed<k>/   the same for every other adaptation seed k
     runs.csv           one line per cell and seed
     table.csv, table.md, pareto.png, summary.json   one line per cell: the mean over seeds ± standard error
 
@@ -55,9 +55,10 @@ def cell_name(strategy: str, lam: float) -> str:
 
 
 def cell_folder(out: Path, name: str, seed: int, config: SweepConfig) -> Path:
-    """``cells/<name>/adapter`` for the first adaptation seed, ``cells/<name>-seed<k>/adapter`` for the others."""
-    first = config.adaptation_seeds()[0]
-    return out / "cells" / (name if seed == first else f"{name}-seed{seed}") / "adapter"
+    """``cells/<name>/adapter`` for the sweep's seed (``config.seed``), ``cells/<name>-seed<k>/adapter`` for any
+    other adaptation seed k: a folder names one seed whichever seeds a run asks for, so runs of a few seeds each
+    (e.g. two processes, ``--seeds 0,1`` and ``--seeds 2``) fill one sweep."""
+    return out / "cells" / (name if seed == config.seed else f"{name}-seed{seed}") / "adapter"
 
 
 def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, progress: bool, echo, *,
