@@ -569,3 +569,16 @@ def test_a_full_disk_at_save_names_the_folder_and_leaves_nothing(target_dir, bas
     with pytest.raises(OSError, match=r"out: could not write the adapter \(No space left on device\)"):
         adapt(target_dir, out, base_model, QUICK, cache_dir=feature_cache, progress=False)
     assert not out.exists()
+
+
+def test_a_run_is_the_same_run_whatever_other_strategies_options_say():
+    kfac = AdaptConfig(strategy="kfac", lam=1000.0, seed=1)
+    recorded = {**kfac.to_dict(), "replay_batch": 7, "gate_l1": 0.5}  # options of ilora and selective
+    assert kfac.same_run(recorded) and kfac.same_run(kfac.to_dict())
+    assert not kfac.same_run({**kfac.to_dict(), "lam": 2000.0}) and not kfac.same_run(None)
+    ilora = AdaptConfig(strategy="ilora", seed=1)
+    assert not ilora.same_run({**ilora.to_dict(), "replay_batch": ilora.replay_batch + 1})  # its own option
+    assert "replay_batch" in ilora.run_settings() and "replay_batch" not in kfac.run_settings()
+    # a record written before a setting existed counts it at its default
+    older = {k: v for k, v in kfac.to_dict().items() if k != "damping"}
+    assert kfac.same_run(older) and not AdaptConfig(strategy="kfac", lam=1000.0, seed=1, damping=0.1).same_run(older)

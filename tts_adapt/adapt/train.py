@@ -108,7 +108,7 @@ def _resumable_state(out: Path, resume: bool, config: AdaptConfig) -> dict | Non
         return None
     state = read_checkpoint(path)
     saved = json.loads(state["settings"])
-    if saved.get("config") != config.to_dict():
+    if not config.same_run(saved.get("config")):
         raise ValueError(f"{path.parent}: the interrupted run used other settings ({saved.get('config')}); "
                          "resume with the same ones")
     return state

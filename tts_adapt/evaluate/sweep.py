@@ -71,7 +71,7 @@ def adapt_cell(folder: Path, clips_dir: Path, model_dir: Path, cfg, curvature, p
     if run_json.is_file():
         run = json.loads(run_json.read_text(encoding="utf-8"))
         started = (run.get("init_adapter") or {}).get("fingerprint")
-        if run.get("config") == cfg.to_dict() and run.get("base_model") == str(model_dir) \
+        if cfg.same_run(run.get("config")) and run.get("base_model") == str(model_dir) \
                 and run.get("target_dir") == str(clips_dir) \
                 and started == (adapter_fingerprint(init_adapter) if init_adapter is not None else None):
             return run
