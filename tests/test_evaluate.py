@@ -462,3 +462,30 @@ def test_voice_prints_come_from_clips_that_are_not_evaluated_and_name_the_target
     items = [EvalUtterance("pretrain", "old1", "old10", "text", "/d/old1/0.wav")]
     clips = voice_print_clips(utts, items, ["/t/a.wav", "/t/b.wav"], target_speaker="slt")
     assert clips == {"target": ["/t/a.wav", "/t/b.wav"], "old1": ["/d/old1/1.wav", "/d/old1/2.wav"]}
+
+
+def test_a_cell_another_process_holds_is_left_for_later(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from tts_adapt.evaluate.sweep import cell_lock
+
+    folder = tmp_path / "cells" / "kfac_lam10" / "adapter"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from tts_adapt.evaluate.sweep import cell_lock
+        with cell_lock(Path({str(folder)!r})) as mine:
+            print(mine, flush=True)
+            sys.stdin.readline()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with cell_lock(folder, blocking=False) as mine:
+            assert mine is False  # held by the other process: not trained twice
+        assert not folder.exists() and (folder.parent / ".lock").is_file()
+    finally:
+        holder.communicate("done\n", timeout=60)
+    with cell_lock(folder, blocking=False) as mine:
+        assert mine is True  # released with the other process's block

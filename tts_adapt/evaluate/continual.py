@@ -33,6 +33,7 @@ from the same weights) is kept, an interrupted one resumes, a report newer than 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,6 +56,7 @@ from tts_adapt.evaluate.sweep import (
     _get,
     adapt_cell,
     cell_folder,
+    cell_lock,
     cell_name,
     curvature_for,
     ensure_curvatures,
@@ -298,7 +300,9 @@ def run_method(out: Path, method: str, seed: int, sequence: tuple[str, ...], tar
         echo(f"  stage {i}/{len(sequence)}: {spk}")
         if isolated:
             voice = cell_folder(out / spk, cell_name("lora", 0.0), seed, config)  # the sweep's plain-LoRA cell
-            run = adapt_cell(voice, clips, model_dir, cfg, None, progress, echo, device=device, precision=precision)
+            with cell_lock(voice):
+                run = adapt_cell(voice, clips, model_dir, cfg, None, progress, echo, device=device,
+                                 precision=precision)
             own[spk] = voice
             adapter = voice if i == 1 else stage / "adapter"  # one voice merged is that voice's adapter
             if i > 1:
@@ -310,18 +314,20 @@ def run_method(out: Path, method: str, seed: int, sequence: tuple[str, ...], tar
             if previous is not None and checkpoint.is_dir() \
                     and checkpoint.stat().st_mtime < (previous / RUN_FILE).stat().st_mtime:
                 shutil.rmtree(adapter)  # interrupted while continuing an earlier version of the previous stage
-            run = adapt_cell(adapter, clips, model_dir, cfg, curvature_for(curvature, strategy, seed), progress,
-                             echo, device=device, precision=precision, replay_data=replay if needs_replay else None,
-                             init_adapter=previous)
+            with cell_lock(adapter):  # a first stage is a sweep's cell, which another process may be on
+                run = adapt_cell(adapter, clips, model_dir, cfg, curvature_for(curvature, strategy, seed), progress,
+                                 echo, device=device, precision=precision,
+                                 replay_data=replay if needs_replay else None, init_adapter=previous)
             own[spk] = adapter
         previous = adapter
         for j, voice_j in enumerate(sequence[:i], 1):
             # a voice spoken with the stage's own conditioning is the stage's adapter itself, else a view
             view = adapter if own[voice_j] == adapter else \
                 make_view(adapter, own[voice_j], targets[voice_j].clips_dir, stage / "views" / voice_j)
-            report = evaluate_view(view, targets[voice_j].heldout_dir, model_dir, data, layout=layout, full=j == i,
-                                   config=config, cache_dir=cache_dir, real=real, listeners=listeners,
-                                   progress=progress, device=device)
+            with cell_lock(view) if view == adapter else contextlib.nullcontext():
+                report = evaluate_view(view, targets[voice_j].heldout_dir, model_dir, data, layout=layout,
+                                       full=j == i, config=config, cache_dir=cache_dir, real=real,
+                                       listeners=listeners, progress=progress, device=device)
             rows.append(stage_row(method, lam, seed, i, spk, j, voice_j, report, run if j == i else None))
     return rows
 

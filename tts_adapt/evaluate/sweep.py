@@ -19,6 +19,7 @@ is kept, an interrupted one resumes, a report newer than its adapter is reused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -195,27 +196,71 @@ def sweep_cells(out: Path, config: SweepConfig, *, model: str | Path | None = No
         raise ValueError("strategy ilora replays pretraining utterances: give --replay-data (or --curvature-data, "
                          "or --data with the pretraining speakers)")
     real, listeners = RealAudio(backend.audio.sample_rate), Listeners.full()
-    runs = []
     cells = [(strategy, lam, seed) for strategy, lam in config.cells() for seed in config.adaptation_seeds()]
-    for k, (strategy, lam, seed) in enumerate(cells, 1):
-        name = cell_name(strategy, lam)
-        folder = cell_folder(out, name, seed, config)
-        cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr, seed=seed)
-        echo(f"[{k}/{len(cells)}] {name}, seed {seed}")
-        curvature = curvatures.get((curvature_of[strategy], seed if curvature_of[strategy] in LORA_METHODS else None))
-        run = adapt_cell(folder, clips_dir, model_dir, cfg, curvature,
-                         progress, echo, device=device, precision=precision,
-                         replay_data=replay if get_strategy(strategy).needs_replay_data else None)
-        report_file = folder / "eval" / "report.json"
-        report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
-        if report is None or report_file.stat().st_mtime < (folder / "run.json").stat().st_mtime \
-                or not _current(report):
-            report = evaluate_adapter(folder, model=model_dir, target_dir=heldout, data=data, layout=layout,
-                                      old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
-                                      per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
-                                      listeners=listeners, progress=progress, device=device)
-        runs.append({**cell_row(name, strategy, lam, run, report), "seed": seed})
+    found: dict[int, dict] = {}
+    # a cell another process is working on waits until the others are done (then it is reused, or taken over)
+    for blocking in (False, True):
+        for k, (strategy, lam, seed) in enumerate(cells, 1):
+            if k in found:
+                continue
+            name = cell_name(strategy, lam)
+            folder = cell_folder(out, name, seed, config)
+            with cell_lock(folder, blocking=blocking) as mine:
+                if not mine:
+                    echo(f"[{k}/{len(cells)}] {name}, seed {seed}: another process is on it; later")
+                    continue
+                echo(f"[{k}/{len(cells)}] {name}, seed {seed}")
+                cfg = AdaptConfig(strategy=strategy, lam=lam, steps=config.steps, rank=config.rank, lr=config.lr,
+                                  seed=seed)
+                method = curvature_of[strategy]
+                curvature = curvatures.get((method, seed if method in LORA_METHODS else None))
+                run = adapt_cell(folder, clips_dir, model_dir, cfg, curvature,
+                                 progress, echo, device=device, precision=precision,
+                                 replay_data=replay if get_strategy(strategy).needs_replay_data else None)
+                report = evaluated(folder, heldout, model_dir, data, config, layout=layout, cache_dir=cache_dir,
+                                   real=real, listeners=listeners, progress=progress, device=device)
+                found[k] = {**cell_row(name, strategy, lam, run, report), "seed": seed}
+    runs = [found[k] for k in sorted(found)]
     return runs
+
+
+@contextlib.contextmanager
+def cell_lock(folder: Path, blocking: bool = True):
+    """Hold the lock of the cell whose adapter goes to ``folder`` (a file next to it, kept when the adapter is
+    redone): yields True when held; with ``blocking`` False, yields False at once when another process holds it.
+    Several processes (e.g. one per seed or per target) may then fill one sweep folder without training one
+    cell twice. Where the system has no ``fcntl`` (Windows), every lock is granted."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield True
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def evaluated(folder: Path, heldout: Path, model_dir: Path, data, config: SweepConfig, *, layout: str, cache_dir,
+              real, listeners, progress: bool, device) -> dict:
+    """The cell's report: ``folder/eval/report.json`` when newer than its adapter and made with today's
+    measures, else a new evaluation (held-out target clips, old and unseen voices)."""
+    report_file = folder / "eval" / "report.json"
+    report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
+    if report is None or report_file.stat().st_mtime < (folder / "run.json").stat().st_mtime \
+            or not _current(report):
+        report = evaluate_adapter(folder, model=model_dir, target_dir=heldout, data=data, layout=layout,
+                                  old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
+                                  per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
+                                  listeners=listeners, progress=progress, device=device)
+    return report
 
 
 def ensure_curvatures(config: SweepConfig, model_dir: Path, backend, data, folder: Path, *, layout: str, cache_dir,
