@@ -428,8 +428,14 @@ def test_the_card_shows_each_intelligibility_run_with_its_command(tmp_path):
            "results": [{"text_set": "everyday", "voices": "pretrain", "engine": "flite", "speakers": ["fl01"],
                         "sources": sources, "ratios": ratios}]}
     (tmp_path / "intelligibility_world.json").write_text(json.dumps(run))
+    # a second run with the same vocoder, on other voices, keeps its own file name and says which voices
+    unseen = {**run, "vocoder": "griffin-lim", "args": {**run["args"], "speakers": 0, "sentences": 25}}
+    (tmp_path / "intelligibility_griffinlim_unseen.json").write_text(json.dumps(unseen))
     text = "\n".join(intelligibility_lines(tmp_path))
-    assert "### Vocoder: world" in text and "--sentences 13 --vocoder world" in text
+    assert "### Vocoder: world; 8 pretraining voices and 6 unseen voices, 13 sentences each" in text
+    assert "--sentences 13 --vocoder world --out " + str(tmp_path / "intelligibility_world.json") in text
+    assert "### Vocoder: griffin-lim; 6 unseen voices, 25 sentences each" in text
+    assert "--out " + str(tmp_path / "intelligibility_griffinlim_unseen.json") in text
     wer = sources["model"]["wer"]
     assert wer == 0.3 and f"| everyday | pretrain, flite (1) | 2 | 0.00 [0.00, 0.00] |" in text
     assert f"**{wer:.2f} [" in text

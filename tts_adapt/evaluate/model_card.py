@@ -60,6 +60,10 @@ DEFAULT_COMMANDS = [
     "--speakers 8 --unseen 6 --sentences 13 --vocoder griffin-lim --out work/base_model/intelligibility_griffinlim.json",
     "python benchmarks/intelligibility.py --model work/base_model --corpus work/corpus --everyday work/corpus_diverse "
     "--speakers 8 --unseen 6 --sentences 13 --vocoder world --out work/base_model/intelligibility_world.json",
+    "# the unseen voices alone, 25 sentences per voice (50 everyday sentences of the flite voices)",
+    "python benchmarks/intelligibility.py --model work/base_model --corpus work/corpus --everyday work/corpus_diverse "
+    "--speakers 0 --unseen 6 --sentences 25 --vocoder griffin-lim "
+    "--out work/base_model/intelligibility_griffinlim_unseen.json",
     "# the pilot of candidate architectures",
     "python benchmarks/pilot_backends.py --corpus work/corpus --minutes 20",
 ]
@@ -175,7 +179,7 @@ def write_model_card(model_dir: str | Path, report_dir: str | Path | None = None
 def intelligibility_lines(model_dir: Path) -> list[str]:
     """The card's section on intelligibility: one table per run of benchmarks/intelligibility.py that the
     folder holds (``intelligibility_<vocoder>.json``), with the command that made it."""
-    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(model_dir.glob(INTELLIGIBILITY_PATTERN))]
+    runs = [(p.name, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(model_dir.glob(INTELLIGIBILITY_PATTERN))]
     if not runs:
         return []
     lines = ["", "## Intelligibility (speech recognition)", "",
@@ -185,13 +189,15 @@ def intelligibility_lines(model_dir: Path) -> list[str]:
              "vocoder). Word and character error rates with 95 % bootstrap intervals over sentences; the ratios "
              "compare the model with the recordings on the same sentences. The recogniser hears flite's voices; "
              "espeak-ng's are at its ceiling even recorded (word error rate about 1), so their rows say little."]
-    for run in runs:
+    for name, run in runs:
         a = run["args"]
         command = (f"python benchmarks/intelligibility.py --model {model_dir} --corpus {a['corpus']} --everyday "
                    f"{a['everyday']} --speakers {a['speakers']} --unseen {a['unseen']} --sentences "
-                   f"{a['sentences']} --vocoder {run['vocoder']} --out {model_dir}/intelligibility_"
-                   f"{run['vocoder'].replace('griffin-lim', 'griffinlim')}.json")
-        lines += ["", f"### Vocoder: {run['vocoder']}", "", f"`{command}`", "",
+                   f"{a['sentences']} --vocoder {run['vocoder']} --out {model_dir}/{name}")
+        voices = " and ".join(f"{n} {what} voices" for n, what in ((a["speakers"], "pretraining"),
+                                                                    (a["unseen"], "unseen")) if n)
+        lines += ["", f"### Vocoder: {run['vocoder']}; {voices}, {a['sentences']} sentences each", "",
+                  f"`{command}`", "",
                   "| text set | voices | sentences | WER recordings | WER copy synthesis | WER model | "
                   "CER recordings | CER model | model ÷ recordings, WER / CER |",
                   "|---|---|---|---|---|---|---|---|---|"]
