@@ -52,13 +52,13 @@ from tts_adapt.adapt.strategies import get_strategy
 from tts_adapt.adapt.train import CHECKPOINT_DIR, file_fingerprint
 from tts_adapt.evaluate.sweep import (
     STRATEGY_LABELS,
-    _current,
     _get,
     adapt_cell,
     cell_folder,
     cell_lock,
     cell_name,
     curvature_for,
+    evaluated,
     ensure_curvatures,
     outside_noise,
     paired_difference,
@@ -198,18 +198,8 @@ def evaluate_view(view: Path, heldout: Path, model_dir: Path, data, *, layout: s
                   config: SweepConfig, cache_dir, real, listeners, progress: bool, device) -> dict:
     """The view's report (``view/eval/report.json``), reused when newer than the view; ``full``: with the old
     pretraining voices and unseen voices, else the voice's held-out clips only."""
-    from tts_adapt.evaluate.adapter import evaluate_adapter
-
-    report_file = view / "eval" / "report.json"
-    if report_file.is_file() and report_file.stat().st_mtime >= (view / RUN_FILE).stat().st_mtime:
-        report = json.loads(report_file.read_text(encoding="utf-8"))
-        if _current(report):
-            return report
-    return evaluate_adapter(view, model=model_dir, target_dir=heldout, data=data, layout=layout,
-                            old_speakers=config.old_speakers if full else 0,
-                            unseen_speakers=config.unseen_speakers if full else 0,
-                            per_speaker=config.per_speaker, images=1 if full else 0, cache_dir=cache_dir, real=real,
-                            listeners=listeners, progress=progress, device=device)
+    return evaluated(view, heldout, model_dir, data, config, layout=layout, cache_dir=cache_dir, real=real,
+                     listeners=listeners, progress=progress, device=device, full=full, images=1 if full else 0)
 
 
 # ---------------------------------------------------------------------------- the run

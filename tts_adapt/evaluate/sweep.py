@@ -249,17 +249,20 @@ def cell_lock(folder: Path, blocking: bool = True):
 
 
 def evaluated(folder: Path, heldout: Path, model_dir: Path, data, config: SweepConfig, *, layout: str, cache_dir,
-              real, listeners, progress: bool, device) -> dict:
-    """The cell's report: ``folder/eval/report.json`` when newer than its adapter and made with today's
-    measures, else a new evaluation (held-out target clips, old and unseen voices)."""
+              real, listeners, progress: bool, device, full: bool = True, images: int | None = None) -> dict:
+    """The adapter's report: ``folder/eval/report.json`` when newer than its run record and made with today's
+    measures, else a new evaluation: the held-out target clips and, when ``full``, the old and unseen voices;
+    ``images``: mel-spectrogram images to draw (default: the evaluation's)."""
     report_file = folder / "eval" / "report.json"
     report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
     if report is None or report_file.stat().st_mtime < (folder / "run.json").stat().st_mtime \
             or not _current(report):
+        extra = {} if images is None else {"images": images}
         report = evaluate_adapter(folder, model=model_dir, target_dir=heldout, data=data, layout=layout,
-                                  old_speakers=config.old_speakers, unseen_speakers=config.unseen_speakers,
+                                  old_speakers=config.old_speakers if full else 0,
+                                  unseen_speakers=config.unseen_speakers if full else 0,
                                   per_speaker=config.per_speaker, cache_dir=cache_dir, real=real,
-                                  listeners=listeners, progress=progress, device=device)
+                                  listeners=listeners, progress=progress, device=device, **extra)
     return report
 
 
