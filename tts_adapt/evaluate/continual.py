@@ -58,8 +58,8 @@ from tts_adapt.evaluate.sweep import (
     cell_lock,
     cell_name,
     curvature_for,
-    evaluated,
     ensure_curvatures,
+    evaluated,
     outside_noise,
     paired_difference,
 )
