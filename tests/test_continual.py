@@ -163,6 +163,29 @@ def test_an_adapter_of_another_rank_layers_or_base_model_is_refused(two_voice_mo
               cache_dir=feature_cache, progress=False, init_adapter=foreign)
 
 
+def test_peft_s_shortened_target_list_is_read_as_peft_reads_it(two_voice_model, first, tmp_path):
+    # peft saves a long list of target layers (the shipped model's 40) as their shortest distinct suffixes
+    short = tmp_path / "short"
+    shutil.copytree(first, short)
+    config = json.loads((short / "adapter_config.json").read_text())
+    full = TTSBackend.from_pretrained(two_voice_model).lora_targets()
+    config["target_modules"] = sorted({name.rsplit(".", 1)[-1] for name in full})
+    assert set(config["target_modules"]) - set(full)  # suffixes, not the names: the test can fail
+    (short / "adapter_config.json").write_text(json.dumps(config))
+    init, strategy, targets, cfg, _ = _wrapped(two_voice_model, short)
+    assert load_init_adapter(strategy.model, init, targets, cfg.rank, cfg.alpha).loaded == len(_lora(first))
+    # without the run's own record of its layers, the suffixes alone are checked against the run's layers
+    with safe_open(str(short / TARGET_FILE), "pt") as fh:
+        tensors, meta = {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata())  # noqa: SIM118 (a safetensors handle)
+    del meta["targets"]
+    save_file(tensors, str(short / TARGET_FILE), metadata=meta)
+    init, strategy, targets, cfg, _ = _wrapped(two_voice_model, short)
+    assert load_init_adapter(strategy.model, init, targets, cfg.rank, cfg.alpha).loaded == len(_lora(first))
+    with pytest.raises(InitAdapterError, match="only in the adapter"):
+        load_init_adapter(strategy.model, init, [t for t in targets if not t.endswith("proj_g")], cfg.rank,
+                          cfg.alpha)
+
+
 def test_layers_the_adapter_does_not_hold_keep_their_fresh_initialisation(two_voice_model, first, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(first, partial)

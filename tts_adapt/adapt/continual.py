@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,12 +95,14 @@ def load_init_adapter(peft_model: nn.Module, adapter: Adapter, targets: list[str
                                f"{config.get('lora_alpha')}; this run has rank {rank} and alpha {alpha:g}: continue "
                                "with the same --rank and --alpha")
     recorded = _recorded_targets(adapter)
-    modules = config.get("target_modules") or []
-    modules = [modules] if isinstance(modules, str) else list(modules)
-    extra = sorted(set(modules) - set(targets))
-    if (recorded is not None and sorted(recorded) != sorted(targets)) or extra:
-        theirs = sorted(set(recorded or modules) - set(targets))
-        ours = sorted(set(targets) - set(recorded or modules)) if recorded is not None else []
+    if recorded is not None:  # the run's own list of layers
+        theirs, ours = sorted(set(recorded) - set(targets)), sorted(set(targets) - set(recorded))
+    else:  # only peft's config, whose target_modules may be suffixes of the names (or one regex)
+        modules = config.get("target_modules") or []
+        theirs = [] if isinstance(modules, str) else \
+            sorted(m for m in modules if not any(_peft_covers([m], t) for t in targets))
+        ours = sorted(t for t in targets if not _peft_covers(modules, t))
+    if theirs or ours:
         raise InitAdapterError(
             f"{adapter.path}: the adapter adapts other layers than this run"
             + (f"; only in the adapter: {', '.join(theirs[:5])}" if theirs else "")
@@ -124,6 +127,14 @@ def load_init_adapter(peft_model: nn.Module, adapter: Adapter, targets: list[str
         log.info("%s holds no weights for %d LoRA tensor(s) (e.g. %s): they keep their fresh initialisation",
                  adapter.path, len(fresh), fresh[0])
     return LoadedInit(str(adapter.path), adapter_fingerprint(adapter.path), len(lora_tensors), fresh)
+
+
+def _peft_covers(modules: str | list[str], name: str) -> bool:
+    """Whether peft's ``target_modules`` (a regex, or names matched as the module name's dotted suffix; peft saves
+    a long list of full names as the shortest such suffixes) select the module ``name``."""
+    if isinstance(modules, str):
+        return re.fullmatch(modules, name) is not None
+    return any(name == m or name.endswith("." + m) for m in modules)
 
 
 def _saved_name(name: str) -> str:
