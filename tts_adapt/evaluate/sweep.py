@@ -598,8 +598,8 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
                 ax.annotate(f"λ={r['lam']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         base_key = f"base_{key}"
         if rows and rows[0].get(base_key) is not None:
-            ax.scatter([0.0], [rows[0][base_key]], marker="D", color="tab:red", label="base model (zero-shot)",
-                       zorder=3)
+            ax.scatter([0.0], [rows[0][base_key]], marker="D", facecolors="none", edgecolors="black",
+                       label="base model (zero-shot)", zorder=3)  # hollow: no strategy's colour
         ax.set_xlabel("forgetting: old speakers' MCD increase (dB) ←\n(bars: ± s.e. over runs, or one run's 95 % CI)",
                       fontsize=8)
         ax.set_ylabel(ylabel)
