@@ -481,6 +481,24 @@ def test_svd_combinations_fail_in_peft_on_conv1d_and_are_refused_with_the_reason
     assert not (tmp_path / "out").exists()
 
 
+def test_voices_whose_peft_config_lists_suffixes_merge_with_their_layers_named_in_full(merge_bank, merged, base,
+                                                                                       tmp_path, conditioning):
+    # peft saves a long target list (the shipped model's) as the layers' shortest distinct suffixes
+    short = AdapterBank(tmp_path / "bank")
+    for name in ("alice", "bob"):
+        copy = tmp_path / name
+        shutil.copytree(merge_bank.get(name).path, copy)
+        config = json.loads((copy / "adapter_config.json").read_text())
+        config["target_modules"] = sorted({t.rsplit(".", 1)[-1] for t in config["target_modules"]})
+        (copy / "adapter_config.json").write_text(json.dumps(config))
+        short.add(name, copy)
+    with pytest.raises(BankError, match="SVD combinations fail on Conv1d layers"):
+        short.merge("alice=0.5,bob=0.5", tmp_path / "svd", combination="svd", allow_inexact=True)
+    record = short.merge("alice=0.5,bob=0.5", tmp_path / "mix")
+    full = merge_bank.merge("alice=0.5,bob=0.5", tmp_path / "mix-full")
+    assert record["targets"] == full["targets"] and set(record["targets"]) - set(config["target_modules"])
+
+
 @D_VECTOR_ONLY
 def test_bad_merge_requests_are_refused(merge_bank, merged, voices, foreign_voice, tmp_path, conditioning, capsys):
     out = tmp_path / "out"

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tts_adapt.adapt.adapter import ADAPTER_FILES, TARGET_FILE, Adapter, AdapterFolderError, is_adapter_folder
+from tts_adapt.adapt.continual import peft_covers
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,8 @@ def merge_adapters(voices: Sequence[tuple[Adapter, float]], out: str | Path, *, 
     from tts_adapt import __version__
 
     config = peft_model.peft_config[ADAPTER_NAME]
-    targets = sorted(config.target_modules)
+    names_now = dict(backend.model.named_modules())
+    targets = sorted({t for a in adapters for t in _targets(a, names_now)})  # the layers by their full names
     record = {
         "tts_adapt_version": __version__, "base_model": str(model_dir),
         "config": {"strategy": "merge", "lam": None, "rank": int(config.r)}, "steps": 0, "targets": targets,
@@ -455,7 +457,7 @@ def _refuse_svd_on_conv(adapters: list[Adapter], backend) -> None:
     from torch import nn
 
     modules = dict(backend.model.named_modules())
-    convs = sorted({t for a in adapters for t in _targets(a) if isinstance(modules.get(t), nn.Conv1d)})
+    convs = sorted({t for a in adapters for t in _targets(a, modules) if isinstance(modules[t], nn.Conv1d)})
     if convs:
         raise BankError(f"the SVD combinations fail on Conv1d layers (peft reshapes only Conv2d kernels for the "
                         f"SVD, so a Conv1d update (out, in, kernel) does not factor), and the voices adapt "
@@ -463,12 +465,11 @@ def _refuse_svd_on_conv(adapters: list[Adapter], backend) -> None:
                         "use 'cat'")
 
 
-def _targets(adapter: Adapter) -> list[str]:
+def _targets(adapter: Adapter, module_names) -> list[str]:
+    """The names among ``module_names`` that the adapter's peft config targets, matched as peft matches them (it
+    saves a long list of layers as their shortest distinct suffixes)."""
     targets = lora_config(adapter).get("target_modules") or []
-    if isinstance(targets, str):
-        raise BankError(f"{adapter.path / PEFT_CONFIG}: target_modules is a pattern ({targets!r}), not the module "
-                        "list tts-adapt adapt writes")
-    return list(targets)
+    return [name for name in module_names if name and peft_covers(targets, name)]
 
 
 def _merged_conditioning(adapters: list[Adapter], weights: list[float]):

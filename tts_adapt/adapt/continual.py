@@ -100,8 +100,8 @@ def load_init_adapter(peft_model: nn.Module, adapter: Adapter, targets: list[str
     else:  # only peft's config, whose target_modules may be suffixes of the names (or one regex)
         modules = config.get("target_modules") or []
         theirs = [] if isinstance(modules, str) else \
-            sorted(m for m in modules if not any(_peft_covers([m], t) for t in targets))
-        ours = sorted(t for t in targets if not _peft_covers(modules, t))
+            sorted(m for m in modules if not any(peft_covers([m], t) for t in targets))
+        ours = sorted(t for t in targets if not peft_covers(modules, t))
     if theirs or ours:
         raise InitAdapterError(
             f"{adapter.path}: the adapter adapts other layers than this run"
@@ -129,7 +129,7 @@ def load_init_adapter(peft_model: nn.Module, adapter: Adapter, targets: list[str
     return LoadedInit(str(adapter.path), adapter_fingerprint(adapter.path), len(lora_tensors), fresh)
 
 
-def _peft_covers(modules: str | list[str], name: str) -> bool:
+def peft_covers(modules: str | list[str], name: str) -> bool:
     """Whether peft's ``target_modules`` (a regex, or names matched as the module name's dotted suffix; peft saves
     a long list of full names as the shortest such suffixes) select the module ``name``."""
     if isinstance(modules, str):
