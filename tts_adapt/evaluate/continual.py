@@ -499,7 +499,7 @@ def sequence_plot(lines: list[dict], sequence: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
     stages = list(range(1, len(sequence) + 1))
     ticks = [f"{i}: {s}" for i, s in zip(stages, sequence)]
     colours = plt.get_cmap("tab10")
@@ -517,7 +517,7 @@ def sequence_plot(lines: list[dict], sequence: list[str], path: Path) -> None:
                              yerr=[r.get("bwt_mcd_se") or 0.0], fmt="o", color=colours(k), label=label, capsize=3,
                              ms=8)
             axes[2].annotate(r["method"], (r["learning_mcd"], r["bwt_mcd"]), textcoords="offset points",
-                             xytext=(5, 5), fontsize=8)
+                             xytext=(6, 5 if k % 2 == 0 else -13), fontsize=8)  # neighbours alternate sides
     for ax, title in ((axes[0], "old (pretraining) voices: MCD increase (dB) ↓"),
                       (axes[1], "unseen voices: MCD increase (dB) ↓")):
         ax.set_xticks(stages, ticks, fontsize=8)
@@ -530,9 +530,11 @@ def sequence_plot(lines: list[dict], sequence: list[str], path: Path) -> None:
     axes[2].axhline(0.0, color="grey", lw=0.8)
     axes[2].set_title("learning against backward transfer (better: down and left)", fontsize=10)
     axes[2].grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # below the panels, where it hides no line
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"Cloning {len(sequence)} voices one after another (bars: ± s.e. over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(handles) + 2) // 3) + 0.02, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
